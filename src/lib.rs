@@ -1,0 +1,15 @@
+//! notigate: a gRPC notification gateway. Internal services call
+//! `notigate.v1.Notifier` to have e-mail delivered; admin tooling manages the
+//! outgoing connections through `notigate.v1.ConnectionAdmin`.
+//!
+//! Data flows one way: [`api`] → [`domain`] → [`store`]. The API layer never
+//! touches sled.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod pb;
+mod server;
+pub mod store;
+
+pub use server::serve;

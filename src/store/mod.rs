@@ -1,0 +1,459 @@
+//! The store: owns the sled database, its trees, key encodings and the sealing
+//! of secrets. Nothing outside this module touches sled.
+//!
+//! Trees:
+//! - `meta`: format marker, master-key check value, name of the default connection.
+//! - `connections`: connection name → JSON [`Record`] (password sealed).
+
+mod flush;
+pub mod seal;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree,
+};
+
+pub use flush::Flusher;
+pub use seal::KeySource;
+use seal::Sealer;
+
+use crate::domain::{Connection, ConnectionName, Secret};
+
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"notigate-1";
+const KEY_CHECK_KEY: &[u8] = b"key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"notigate master key check";
+const DEFAULT_KEY: &[u8] = b"default_connection";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "data directory {0} is in use by another notigate process (its database is locked)"
+    )]
+    Locked(PathBuf),
+    #[error("cannot open the database in {path}: {reason}")]
+    Database { path: PathBuf, reason: String },
+    #[error(
+        "{0} is not a notigate data directory (it holds other data); choose another --data-dir"
+    )]
+    Foreign(PathBuf),
+    #[error(transparent)]
+    Key(#[from] seal::KeyError),
+    #[error(
+        "the master key does not match the key this data directory was sealed with ({0}); \
+         start with the original key — nothing was changed"
+    )]
+    WrongKey(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("connection {0:?} not found")]
+    NotFound(String),
+    #[error("connection {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("etag {given:?} does not match the current etag {current:?}: the connection changed since it was read")]
+    EtagMismatch { given: String, current: String },
+    #[error("stored record {key:?} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A stored connection with the metadata the server maintains.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub connection: Connection,
+    pub etag: String,
+    pub create_time: SystemTime,
+    pub update_time: SystemTime,
+}
+
+/// The on-disk form of a connection. JSON: written rarely, read at dispatch
+/// through a cache, and easy to evolve with `#[serde(default)]`.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    connection: Connection,
+    /// base64 of the sealed password; absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_password: Option<String>,
+    etag: String,
+    create_time: SystemTime,
+    update_time: SystemTime,
+}
+
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    connections: sled::Tree,
+    sealer: Sealer,
+    flusher: Flusher,
+    data_dir: PathBuf,
+}
+
+pub struct Opened {
+    pub store: Store,
+    /// Set when a master key was generated at this start.
+    pub generated_key: Option<PathBuf>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir`. Must run inside a tokio
+    /// runtime (the flushing task is spawned here).
+    pub fn open(data_dir: &Path, key: &KeySource) -> Result<Opened, OpenError> {
+        fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let db_path = data_dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .open()
+            .map_err(|e| open_error(data_dir, e))?;
+        let db_err = |e: sled::Error| OpenError::Database {
+            path: data_dir.to_owned(),
+            reason: e.to_string(),
+        };
+        let had_trees = db.tree_names().len() > 1 || !db.is_empty();
+        let meta = db.open_tree("meta").map_err(db_err)?;
+        let formatted = meta.get(FORMAT_KEY).map_err(db_err)?;
+        match formatted.as_deref() {
+            Some(FORMAT) => {}
+            Some(_) => return Err(OpenError::Foreign(data_dir.to_owned())),
+            None if had_trees => return Err(OpenError::Foreign(data_dir.to_owned())),
+            None => {}
+        }
+        let key_check = meta.get(KEY_CHECK_KEY).map_err(db_err)?;
+        let loaded = seal::load_key(key, data_dir, key_check.is_none())?;
+        let sealer = Sealer::from_key(&loaded.key);
+        match key_check {
+            Some(sealed) => {
+                if sealer.open(&sealed, KEY_CHECK_KEY).as_deref() != Some(KEY_CHECK_PLAINTEXT) {
+                    return Err(OpenError::WrongKey(data_dir.to_owned()));
+                }
+            }
+            None => {
+                meta.insert(KEY_CHECK_KEY, sealer.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_KEY))
+                    .map_err(db_err)?;
+                meta.insert(FORMAT_KEY, FORMAT).map_err(db_err)?;
+                db.flush().map_err(db_err)?;
+            }
+        }
+        let connections = db.open_tree("connections").map_err(db_err)?;
+        let db_file = fs::File::open(db_path.join("db")).map_err(|e| OpenError::Database {
+            path: data_dir.to_owned(),
+            reason: format!("opening the database file for syncing: {e}"),
+        })?;
+        let flusher = Flusher::start(db.clone(), db_file);
+        Ok(Opened {
+            store: Store {
+                db,
+                meta,
+                connections,
+                sealer,
+                flusher,
+                data_dir: data_dir.to_owned(),
+            },
+            generated_key: loaded.generated_at,
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Waits until every write made so far is durable.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.flusher.flush().await.map_err(StoreError::Database)
+    }
+
+    /// Flushes synchronously; for shutdown.
+    pub fn flush_now(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn password_aad(name: &ConnectionName) -> Vec<u8> {
+        let mut aad = b"notigate:password:".to_vec();
+        aad.extend_from_slice(name.as_str().as_bytes());
+        aad
+    }
+
+    fn encode(&self, v: &Versioned) -> Vec<u8> {
+        let sealed_password = v.connection.backend.password().map(|p| {
+            B64.encode(
+                self.sealer
+                    .seal(p.expose().as_bytes(), &Self::password_aad(&v.connection.name)),
+            )
+        });
+        let record = Record {
+            connection: v.connection.clone(),
+            sealed_password,
+            etag: v.etag.clone(),
+            create_time: v.create_time,
+            update_time: v.update_time,
+        };
+        // Serializing plain data structures to JSON cannot fail.
+        serde_json::to_vec(&record).unwrap_or_default()
+    }
+
+    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<Versioned, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason,
+        };
+        let record: Record = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut connection = record.connection;
+        if let Some(sealed) = record.sealed_password {
+            let sealed = B64.decode(sealed).map_err(|e| corrupt(e.to_string()))?;
+            let plain = self
+                .sealer
+                .open(&sealed, &Self::password_aad(&connection.name))
+                .ok_or_else(|| corrupt("the sealed password does not open".into()))?;
+            let plain = String::from_utf8(plain).map_err(|e| corrupt(e.to_string()))?;
+            connection.backend.set_password(Some(Secret::new(plain)));
+        }
+        Ok(Versioned {
+            connection,
+            etag: record.etag,
+            create_time: record.create_time,
+            update_time: record.update_time,
+        })
+    }
+
+    pub fn get_connection(&self, name: &str) -> Result<Versioned, StoreError> {
+        match self.connections.get(name.as_bytes())? {
+            Some(bytes) => self.decode(name.as_bytes(), &bytes),
+            None => Err(StoreError::NotFound(name.to_owned())),
+        }
+    }
+
+    /// The default connection, if one is set.
+    pub fn default_connection(&self) -> Result<Option<Versioned>, StoreError> {
+        match self.meta.get(DEFAULT_KEY)? {
+            Some(name) => match self.get_connection(&String::from_utf8_lossy(&name)) {
+                Ok(v) => Ok(Some(v)),
+                Err(StoreError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` connections in name order, starting after `after`.
+    /// Returns them and whether more follow.
+    pub fn list_connections(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Versioned>, bool), StoreError> {
+        let iter = match after {
+            Some(a) => self
+                .connections
+                .range::<&[u8], _>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded)),
+            None => self.connections.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(self.decode(&k, &v)?);
+        }
+        Ok((out, false))
+    }
+
+    pub fn count_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Creates a connection; durable when this returns.
+    pub async fn create_connection(&self, connection: Connection) -> Result<Versioned, StoreError> {
+        let now = SystemTime::now();
+        let created = Versioned {
+            connection,
+            etag: new_etag(),
+            create_time: now,
+            update_time: now,
+        };
+        let name = created.connection.name.clone();
+        let encoded = self.encode(&created);
+        self.transact(|conns, meta| {
+            if conns.get(name.as_str().as_bytes())?.is_some() {
+                return abort(StoreError::AlreadyExists(name.to_string()));
+            }
+            if created.connection.is_default {
+                self.take_default(conns, meta, &name, now)?;
+            }
+            conns.insert(name.as_str().as_bytes(), encoded.as_slice())?;
+            Ok(())
+        })?;
+        self.durable().await?;
+        Ok(created)
+    }
+
+    /// Replaces a connection with what `change` makes of the current one,
+    /// atomically: the etag check and the change see the same version.
+    /// `change` may run more than once (transaction retries) and may refuse
+    /// with its own error.
+    pub async fn update_connection<E>(
+        &self,
+        name: &str,
+        expected_etag: Option<&str>,
+        change: impl Fn(&Versioned) -> Result<Connection, E>,
+    ) -> Result<Result<Versioned, E>, StoreError> {
+        let refused: std::cell::RefCell<Option<E>> = std::cell::RefCell::new(None);
+        let updated = self.transact(|conns, meta| {
+            let current = match conns.get(name.as_bytes())? {
+                Some(bytes) => self.decode(name.as_bytes(), &bytes).or_else(abort)?,
+                None => return abort(StoreError::NotFound(name.to_owned())),
+            };
+            check_etag(expected_etag, &current.etag).or_else(abort)?;
+            let connection = match change(&current) {
+                Ok(c) => c,
+                Err(e) => {
+                    *refused.borrow_mut() = Some(e);
+                    return Ok(None);
+                }
+            };
+            let now = SystemTime::now();
+            let updated = Versioned {
+                connection,
+                etag: new_etag(),
+                create_time: current.create_time,
+                update_time: now,
+            };
+            let key = updated.connection.name.clone();
+            if updated.connection.is_default && !current.connection.is_default {
+                self.take_default(conns, meta, &key, now)?;
+            } else if !updated.connection.is_default && current.connection.is_default {
+                meta.remove(DEFAULT_KEY)?;
+            }
+            conns.insert(key.as_str().as_bytes(), self.encode(&updated))?;
+            Ok(Some(updated))
+        })?;
+        match updated {
+            Some(v) => {
+                self.durable().await?;
+                Ok(Ok(v))
+            }
+            None => Ok(Err(refused.into_inner().ok_or_else(|| {
+                StoreError::Database("update refused without a reason".into())
+            })?)),
+        }
+    }
+
+    /// Deletes a connection; durable when this returns.
+    pub async fn delete_connection(
+        &self,
+        name: &str,
+        expected_etag: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.transact(|conns, meta| {
+            let current = match conns.get(name.as_bytes())? {
+                Some(bytes) => self.decode(name.as_bytes(), &bytes).or_else(abort)?,
+                None => return abort(StoreError::NotFound(name.to_owned())),
+            };
+            check_etag(expected_etag, &current.etag).or_else(abort)?;
+            conns.remove(name.as_bytes())?;
+            if current.connection.is_default {
+                meta.remove(DEFAULT_KEY)?;
+            }
+            Ok(())
+        })?;
+        self.durable().await
+    }
+
+    /// Makes `name` the default, clearing the flag on the previous default
+    /// (a new etag and update time for it: its resource changed).
+    fn take_default(
+        &self,
+        conns: &TransactionalTree,
+        meta: &TransactionalTree,
+        name: &ConnectionName,
+        now: SystemTime,
+    ) -> Result<(), ConflictableTransactionError<StoreError>> {
+        if let Some(previous) = meta.get(DEFAULT_KEY)? {
+            if previous.as_ref() != name.as_str().as_bytes() {
+                if let Some(bytes) = conns.get(&previous)? {
+                    let mut prev = self.decode(&previous, &bytes).or_else(abort)?;
+                    prev.connection.is_default = false;
+                    prev.etag = new_etag();
+                    prev.update_time = now;
+                    conns.insert(&previous, self.encode(&prev))?;
+                }
+            }
+        }
+        meta.insert(DEFAULT_KEY, name.as_str().as_bytes())?;
+        Ok(())
+    }
+
+    fn transact<T>(
+        &self,
+        f: impl Fn(
+            &TransactionalTree,
+            &TransactionalTree,
+        ) -> Result<T, ConflictableTransactionError<StoreError>>,
+    ) -> Result<T, StoreError> {
+        use sled::Transactional;
+        (&self.connections, &self.meta)
+            .transaction(|(conns, meta)| f(conns, meta))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::from(e),
+            })
+    }
+}
+
+fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn check_etag(expected: Option<&str>, current: &str) -> Result<(), StoreError> {
+    match expected {
+        Some(given) if !given.is_empty() && given != current => Err(StoreError::EtagMismatch {
+            given: given.to_owned(),
+            current: current.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn new_etag() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn open_error(data_dir: &Path, e: sled::Error) -> OpenError {
+    let text = e.to_string();
+    if let sled::Error::Io(io) = &e {
+        if io.kind() == std::io::ErrorKind::WouldBlock || text.contains("lock") {
+            return OpenError::Locked(data_dir.to_owned());
+        }
+    }
+    OpenError::Database {
+        path: data_dir.to_owned(),
+        reason: text,
+    }
+}
