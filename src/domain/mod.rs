@@ -4,8 +4,12 @@
 
 mod address;
 mod connection;
+mod message;
 
 pub use address::{EmailAddress, Mailbox};
+pub use message::{
+    ALLOWED_HEADERS, Attachment, OutgoingMessage, Priority, parse_header_name, parse_header_value,
+};
 pub use connection::{
     Backend, Connection, ConnectionName, ExchangeAuth, ExchangeServer, ExchangeSettings,
     ExchangeVersion, HostName, LogLevel, Secret, SmtpAuth, SmtpSettings, SmtpTls,
