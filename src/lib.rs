@@ -8,6 +8,7 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod pb;
 mod server;

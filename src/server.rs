@@ -1,22 +1,25 @@
-//! Starting and stopping the gateway: open the store, bind, serve the gRPC
-//! services with health and reflection, and drain on shutdown.
+//! Starting and stopping the gateway: open the store, recover the outbox,
+//! bind, serve the gRPC services with health and reflection, and drain on
+//! shutdown.
 
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
-    api::AdminService,
+    api::{AdminService, NotifierService},
+    backend::NotBuilt,
     config::Config,
-    pb::{self, connection_admin_server::ConnectionAdminServer},
+    dispatch::{Backends, Dispatcher},
+    pb::{self, connection_admin_server::ConnectionAdminServer, notifier_server::NotifierServer},
     store::Store,
 };
 
-const ADMIN_SERVICE: &str = "notigate.v1.ConnectionAdmin";
+const SERVICES: [&str; 3] = ["", "notigate.v1.ConnectionAdmin", "notigate.v1.Notifier"];
 
 /// Reflection serves our services, health, and google.rpc error details (so
 /// that grpcurl can print the `BadRequest` of an error).
@@ -27,9 +30,20 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Runs the gateway until `shutdown` completes, then drains in-flight calls,
-/// flushes the store and returns.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+fn backends() -> Backends {
+    Backends {
+        smtp: Arc::new(NotBuilt("smtp")),
+        exchange: Arc::new(NotBuilt("exchange")),
+    }
+}
+
+/// Runs the gateway until `shutdown` completes, then drains: health turns
+/// NOT_SERVING, no new calls are accepted, calls and deliveries in flight
+/// get to finish (deliveries within the grace period), the store is flushed.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let opened = Store::open(&config.data_dir, &config.master_key)?;
     if let Some(path) = &opened.generated_key {
         tracing::warn!(
@@ -38,37 +52,60 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         );
     }
     let store = Arc::new(opened.store);
+    let dispatcher = Dispatcher::new(store.clone(), backends(), config.dispatch.clone());
+    let recovered = dispatcher.recover().context("loading the outbox")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatching = tokio::spawn(dispatcher.clone().run(stop_rx));
+
     let (health, health_service) = tonic_health::server::health_reporter();
-    for service in ["", ADMIN_SERVICE] {
-        health.set_service_status(service, ServingStatus::Serving).await;
+    for service in SERVICES {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let admin = ConnectionAdminServer::new(AdminService::new(store.clone(), dispatcher.clone()));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let notifier = NotifierServer::new(NotifierService::new(
+        store.clone(),
+        dispatcher.clone(),
+        config.send.clone(),
+        drain_rx,
+    ))
+    .max_decoding_message_size(config.grpc_max_message_size);
 
-    tracing::info!(data_dir = %config.data_dir.display(), "listening on {addr}");
+    tracing::info!(data_dir = %config.data_dir.display(), pending = recovered, "listening on {addr}");
     let draining = health.clone();
     Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ConnectionAdminServer::new(AdminService::new(store.clone())))
+        .add_service(admin)
+        .add_service(notifier)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight calls");
-            for service in ["", ADMIN_SERVICE] {
+            for service in SERVICES {
                 draining
                     .set_service_status(service, ServingStatus::NotServing)
                     .await;
             }
+            // End waits and watch streams, which would hold the drain open.
+            let _ = drain_tx.send(true);
         })
         .await
         .context("gRPC server failed")?;
-    store.flush_now().context("flushing the database at shutdown")?;
+    let _ = stop_tx.send(true);
+    let _ = dispatching.await;
+    store
+        .flush_now()
+        .context("flushing the database at shutdown")?;
     tracing::info!("stopped");
     Ok(())
 }

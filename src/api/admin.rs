@@ -10,6 +10,7 @@ use super::{
     decode_page_token, encode_page_token, invalid, invalid_field, mask, page_size,
 };
 use crate::{
+    dispatch::Dispatcher,
     domain::{Connection, ConnectionName, Violations},
     pb::{self, connection_admin_server::ConnectionAdmin},
     store::Store,
@@ -17,11 +18,12 @@ use crate::{
 
 pub struct AdminService {
     store: Arc<Store>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl AdminService {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, dispatcher: Arc<Dispatcher>) -> Self {
+        Self { store, dispatcher }
     }
 }
 
@@ -107,8 +109,8 @@ impl ConnectionAdmin for AdminService {
                 // non-empty one, the backend changes kind, or auth no longer
                 // uses one.
                 let kind = updated.backend.kind();
-                let replaced = mask::covers_password(&resolved, kind)
-                    && updated.backend.password().is_some();
+                let replaced =
+                    mask::covers_password(&resolved, kind) && updated.backend.password().is_some();
                 if !updated.backend.uses_password() {
                     updated.backend.set_password(None);
                 } else if !replaced && current.connection.backend.kind() == kind {
@@ -121,6 +123,9 @@ impl ConnectionAdmin for AdminService {
             })
             .await?;
         let updated = outcome.map_err(invalid)?;
+        self.dispatcher
+            .connection_changed(updated.connection.name.as_str())
+            .await;
         tracing::info!(connection = %updated.connection.name, "connection updated");
         Ok(Response::new(versioned_to_pb(&updated)))
     }
@@ -131,9 +136,30 @@ impl ConnectionAdmin for AdminService {
     ) -> Result<Response<()>, Status> {
         let request = request.into_inner();
         let name = parse_name("name", &request.name)?;
+        let current = self.store.get_connection(name.as_str())?;
+        if !request.etag.is_empty() && request.etag != current.etag {
+            return Err(Status::aborted(format!(
+                "etag {:?} does not match the current etag {:?}: the connection changed since it was read",
+                request.etag, current.etag
+            )));
+        }
+        let pending = self.store.pending_of(name.as_str())?;
+        if !pending.is_empty() {
+            if !request.force {
+                return Err(Status::failed_precondition(format!(
+                    "connection {name} has {} notifications not yet delivered; \
+                     wait for them, cancel them, or delete with force (they end FAILED)",
+                    pending.len()
+                )));
+            }
+            self.dispatcher
+                .connection_deleted(name.as_str(), &pending)
+                .await?;
+        }
         self.store
             .delete_connection(name.as_str(), Some(&request.etag))
             .await?;
+        self.dispatcher.connection_changed(name.as_str()).await;
         tracing::info!(connection = %name, "connection deleted");
         Ok(Response::new(()))
     }
@@ -169,9 +195,18 @@ impl ConnectionAdmin for AdminService {
                 connection
             }
         };
-        Err(Status::unimplemented(format!(
-            "TestConnection: the {} backend is not built into this server yet",
-            connection.backend.kind()
-        )))
+        let started = std::time::Instant::now();
+        let report = self
+            .dispatcher
+            .backends()
+            .for_connection(&connection)
+            .test(&connection)
+            .await;
+        Ok(Response::new(pb::TestConnectionResponse {
+            ok: report.ok,
+            stage: report.stage.to_owned(),
+            detail: report.detail,
+            latency: prost_types::Duration::try_from(started.elapsed()).ok(),
+        }))
     }
 }

@@ -4,16 +4,17 @@
 mod admin;
 mod convert;
 mod mask;
+mod message;
+mod notifier;
 
 pub use admin::AdminService;
+pub use message::MessageLimits;
+pub use notifier::{NotifierService, SendLimits};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{
-    domain::Violations,
-    store::StoreError,
-};
+use crate::{domain::Violations, store::StoreError};
 
 /// `INVALID_ARGUMENT` with a `BadRequest` detail naming every bad field.
 pub fn invalid(violations: Violations) -> Status {

@@ -2,22 +2,25 @@
 //! attachments and allowed headers. Backends turn this into RFC 5322 (SMTP)
 //! or an EWS `t:Message`.
 
+use serde::{Deserialize, Serialize};
+
 use super::{Mailbox, check_header_safe};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Priority {
     Low,
     Normal,
     High,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     /// File name shown to the recipient (any Unicode, no control characters).
     pub filename: String,
     /// A MIME type such as `application/pdf`; `application/octet-stream` when
     /// the client gave none.
     pub content_type: String,
+    #[serde(with = "serde_bytes")]
     pub content: Vec<u8>,
     /// Set for inline parts referenced as `cid:<content_id>` from the HTML body.
     pub content_id: Option<String>,
@@ -40,7 +43,10 @@ pub fn parse_header_name(name: &str) -> Result<String, String> {
     if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
         return Err(format!("{name:?} is not a valid header field name"));
     }
-    if let Some(known) = ALLOWED_HEADERS.iter().find(|h| h.eq_ignore_ascii_case(name)) {
+    if let Some(known) = ALLOWED_HEADERS
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case(name))
+    {
         return Ok((*known).to_owned());
     }
     if name.len() > 2 && name[..2].eq_ignore_ascii_case("x-") {
@@ -57,7 +63,7 @@ pub fn parse_header_value(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingMessage {
     /// The notification id; also the left part of the Message-ID, so that
     /// every retry carries the same Message-ID and receivers can drop

@@ -4,8 +4,10 @@
 //! Trees:
 //! - `meta`: format marker, master-key check value, name of the default connection.
 //! - `connections`: connection name → JSON [`Record`] (password sealed).
+//! - `outbox`: notifications, messages and their indexes (see `outbox.rs`).
 
 mod flush;
+mod outbox;
 pub mod seal;
 
 use std::{
@@ -17,11 +19,10 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use flush::Flusher;
+pub use outbox::{Change, Pending, millis};
 pub use seal::KeySource;
 use seal::Sealer;
 
@@ -40,9 +41,7 @@ pub enum OpenError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "data directory {0} is in use by another notigate process (its database is locked)"
-    )]
+    #[error("data directory {0} is in use by another notigate process (its database is locked)")]
     Locked(PathBuf),
     #[error("cannot open the database in {path}: {reason}")]
     Database { path: PathBuf, reason: String },
@@ -65,7 +64,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("connection {0:?} already exists")]
     AlreadyExists(String),
-    #[error("etag {given:?} does not match the current etag {current:?}: the connection changed since it was read")]
+    #[error(
+        "etag {given:?} does not match the current etag {current:?}: the connection changed since it was read"
+    )]
     EtagMismatch { given: String, current: String },
     #[error("stored record {key:?} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
@@ -105,6 +106,7 @@ pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
     connections: sled::Tree,
+    outbox: sled::Tree,
     sealer: Sealer,
     flusher: Flusher,
     data_dir: PathBuf,
@@ -152,13 +154,17 @@ impl Store {
                 }
             }
             None => {
-                meta.insert(KEY_CHECK_KEY, sealer.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_KEY))
-                    .map_err(db_err)?;
+                meta.insert(
+                    KEY_CHECK_KEY,
+                    sealer.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_KEY),
+                )
+                .map_err(db_err)?;
                 meta.insert(FORMAT_KEY, FORMAT).map_err(db_err)?;
                 db.flush().map_err(db_err)?;
             }
         }
         let connections = db.open_tree("connections").map_err(db_err)?;
+        let outbox = db.open_tree("outbox").map_err(db_err)?;
         let db_file = fs::File::open(db_path.join("db")).map_err(|e| OpenError::Database {
             path: data_dir.to_owned(),
             reason: format!("opening the database file for syncing: {e}"),
@@ -169,6 +175,7 @@ impl Store {
                 db,
                 meta,
                 connections,
+                outbox,
                 sealer,
                 flusher,
                 data_dir: data_dir.to_owned(),
@@ -200,10 +207,10 @@ impl Store {
 
     fn encode(&self, v: &Versioned) -> Vec<u8> {
         let sealed_password = v.connection.backend.password().map(|p| {
-            B64.encode(
-                self.sealer
-                    .seal(p.expose().as_bytes(), &Self::password_aad(&v.connection.name)),
-            )
+            B64.encode(self.sealer.seal(
+                p.expose().as_bytes(),
+                &Self::password_aad(&v.connection.name),
+            ))
         });
         let record = Record {
             connection: v.connection.clone(),
@@ -267,9 +274,10 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Versioned>, bool), StoreError> {
         let iter = match after {
-            Some(a) => self
-                .connections
-                .range::<&[u8], _>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded)),
+            Some(a) => self.connections.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
             None => self.connections.iter(),
         };
         let mut out = Vec::new();

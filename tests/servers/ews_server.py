@@ -114,11 +114,7 @@ class P:
         self.name, self.type, self.min, self.max, self.ns = name, type_, min_, max_, ns
 
 
-def _opt(*specs: Tuple[str, str]) -> List[P]:
-    return [P(n, t) for n, t in specs]
-
-
-# Simple types: name -> (xsd qualified name for messages, checker)
+# Enumerated simple types of types.xsd that a sending client can get wrong.
 ENUMS = {
     "BodyTypeType": ("HTML", "Text"),
     "ImportanceChoicesType": ("Low", "Normal", "High"),
@@ -153,14 +149,6 @@ ENUMS = {
         "conversationhistory", "adminauditlogs", "todosearch", "mycontacts", "directory",
         "imcontactlist", "peopleconnect", "favorites",
     ),
-    # The schema enumeration of RequestServerVersion/@Version.
-    "ExchangeVersionType": (
-        "Exchange2007", "Exchange2007_SP1", "Exchange2009", "Exchange2010", "Exchange2010_SP1",
-        "Exchange2010_SP2", "Exchange2012", "Exchange2013", "Exchange2013_SP1", "Exchange2015",
-        "Exchange2016", "V2015_10_05", "V2016_01_06", "V2016_04_13", "V2016_07_13",
-        "V2016_10_10", "V2017_01_07", "V2017_04_14", "V2017_07_11", "V2017_10_09",
-        "V2018_01_08",
-    ),
 }
 
 _DT_RE = re.compile(r"^-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
@@ -183,7 +171,7 @@ def check_simple(type_name: str, value: str) -> Optional[str]:
         return None
     if type_name == "NonEmptyStringType":
         if len(value) < 1:
-            return f"The actual length is less than the MinLength value."
+            return "The actual length is less than the MinLength value."
         return None
     if type_name in ENUMS:
         if value not in ENUMS[type_name]:
@@ -878,6 +866,10 @@ class State:
             self.channel_binding = tls_server_end_point(args.cert)
         if args.spool:
             os.makedirs(args.spool, exist_ok=True)
+            # continue after the highest record already there, so a restarted server never overwrites
+            for name in os.listdir(args.spool):
+                if name.endswith(".json") and name[:-5].isdigit():
+                    self.seq = max(self.seq, int(name[:-5]))
             self._write_stats_locked()
 
     def bump(self, key: str, n: int = 1) -> None:
@@ -915,7 +907,7 @@ class State:
 
 def atomic_write_json(path: str, obj: Any) -> None:
     d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=1)
@@ -950,6 +942,45 @@ FOLDERS = {
     "junkemail": ("Junk Email", "IPF.Note"),
 }
 FOLDER_BY_ID = {folder_id(k)[0]: k for k in FOLDERS}
+
+FOLDER_SHAPES = {
+    "IdOnly": ("FolderId",),
+    "Default": ("FolderId", "DisplayName", "TotalCount", "ChildFolderCount", "UnreadCount"),
+    "AllProperties": ("FolderId", "ParentFolderId", "FolderClass", "DisplayName", "TotalCount",
+                      "ChildFolderCount", "EffectiveRights", "UnreadCount"),
+}
+FOLDER_PARENT = {"root": None, "msgfolderroot": "root"}
+
+
+def folder_xml(name: str, props: Any) -> str:
+    """The children of a t:Folder, in BaseFolderType/FolderType schema order."""
+    display, fclass = FOLDERS[name]
+    fid, ck = folder_id(name)
+    parent = FOLDER_PARENT.get(name, "msgfolderroot")
+    out = []
+    if "FolderId" in props:
+        out.append(f'<t:FolderId Id="{fid}" ChangeKey="{ck}"/>')
+    if "ParentFolderId" in props and parent:
+        pid, pck = folder_id(parent)
+        out.append(f'<t:ParentFolderId Id="{pid}" ChangeKey="{pck}"/>')
+    if "FolderClass" in props and name != "root":
+        out.append(f"<t:FolderClass>{fclass}</t:FolderClass>")
+    if "DisplayName" in props:
+        out.append(f"<t:DisplayName>{x(display)}</t:DisplayName>")
+    if "TotalCount" in props:
+        out.append("<t:TotalCount>0</t:TotalCount>")
+    if "ChildFolderCount" in props:
+        out.append(f"<t:ChildFolderCount>{15 if name in ('msgfolderroot', 'root') else 0}</t:ChildFolderCount>")
+    if "EffectiveRights" in props:
+        out.append("<t:EffectiveRights><t:CreateAssociated>true</t:CreateAssociated>"
+                   "<t:CreateContents>true</t:CreateContents><t:CreateHierarchy>true</t:CreateHierarchy>"
+                   "<t:Delete>true</t:Delete><t:Modify>true</t:Modify><t:Read>true</t:Read>"
+                   "<t:ViewPrivateItems>true</t:ViewPrivateItems></t:EffectiveRights>")
+    if "DistinguishedFolderId" in props:
+        out.append(f"<t:DistinguishedFolderId>{name}</t:DistinguishedFolderId>")
+    if "UnreadCount" in props:
+        out.append("<t:UnreadCount>0</t:UnreadCount>")
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1585,21 +1616,36 @@ class EwsHandler(BaseHTTPRequestHandler):
 
     # ---- GetFolder -------------------------------------------------------------------------------
     def _get_folder(self, op: etree._Element, entry: Dict[str, Any]) -> Tuple[int, bytes, str]:
+        a = self.state.args
         shape = op.findtext(f"{{{M_NS}}}FolderShape/{{{T_NS}}}BaseShape") or "Default"
+        props = set(FOLDER_SHAPES.get(shape, FOLDER_SHAPES["Default"]))
+        for f in op.findall(f"{{{M_NS}}}FolderShape/{{{T_NS}}}AdditionalProperties/{{{T_NS}}}FieldURI"):
+            uri = f.get("FieldURI") or ""
+            if uri.startswith("folder:"):
+                props.add(uri[len("folder:"):])
         ids = _element_children(op.find(f"{{{M_NS}}}FolderIds"))
         messages, codes, asked = [], [], []
+        account = (a.account_address or "").lower()
         for fid in ids:
             ns, kind = _local(fid)
             if kind == "DistinguishedFolderId":
                 name = fid.get("Id")
+                mbx = fid.findtext(f"{{{T_NS}}}Mailbox/{{{T_NS}}}EmailAddress")
+                if mbx and account and mbx.lower() != account:
+                    messages.append(response_message("GetFolder", False, "ErrorNonExistentMailbox",
+                                                     "The SMTP address has no mailbox associated with it.",
+                                                     message_xml=f"<t:Value Name=\"SmtpAddress\">{x(mbx)}</t:Value>"))
+                    codes.append("ErrorNonExistentMailbox")
+                    asked.append(name)
+                    continue
             else:
                 name = FOLDER_BY_ID.get(fid.get("Id") or "")
                 if name is None:
                     raw = fid.get("Id") or ""
                     code, text = ("ErrorInvalidIdMalformed", MSG_ID_MALFORMED)
                     try:
-                        base64.b64decode(raw, validate=True)
-                        code, text = ("ErrorItemNotFound", MSG_FOLDER_NOT_FOUND)
+                        if base64.b64decode(raw, validate=True)[:4] == b"\x00\x03\x24\x00":
+                            code, text = ("ErrorItemNotFound", MSG_FOLDER_NOT_FOUND)
                     except (binascii.Error, ValueError):
                         pass
                     messages.append(response_message("GetFolder", False, code, text))
@@ -1611,25 +1657,7 @@ class EwsHandler(BaseHTTPRequestHandler):
                 messages.append(response_message("GetFolder", False, "ErrorFolderNotFound", MSG_FOLDER_NOT_FOUND))
                 codes.append("ErrorFolderNotFound")
                 continue
-            display, fclass = FOLDERS[name]
-            fid_v, ck = folder_id(name)
-            parts = [f'<t:FolderId Id="{fid_v}" ChangeKey="{ck}"/>']
-            if shape != "IdOnly":
-                if shape == "AllProperties":
-                    pid, pck = folder_id("root" if name == "msgfolderroot" else "msgfolderroot")
-                    if name != "root":
-                        parts.append(f'<t:ParentFolderId Id="{pid}" ChangeKey="{pck}"/>')
-                    parts.append(f"<t:FolderClass>{fclass}</t:FolderClass>")
-                parts.append(f"<t:DisplayName>{x(display)}</t:DisplayName>")
-                parts.append("<t:TotalCount>0</t:TotalCount>")
-                parts.append(f"<t:ChildFolderCount>{15 if name in ('msgfolderroot', 'root') else 0}</t:ChildFolderCount>")
-                if shape == "AllProperties":
-                    parts.append("<t:EffectiveRights><t:CreateAssociated>true</t:CreateAssociated>"
-                                 "<t:CreateContents>true</t:CreateContents><t:CreateHierarchy>true</t:CreateHierarchy>"
-                                 "<t:Delete>true</t:Delete><t:Modify>true</t:Modify><t:Read>true</t:Read>"
-                                 "<t:ViewPrivateItems>true</t:ViewPrivateItems></t:EffectiveRights>")
-                parts.append("<t:UnreadCount>0</t:UnreadCount>")
-            inner = f"<m:Folders><t:Folder>{''.join(parts)}</t:Folder></m:Folders>"
+            inner = f"<m:Folders><t:Folder>{folder_xml(name, props)}</t:Folder></m:Folders>"
             messages.append(response_message("GetFolder", True, inner=inner))
             codes.append("NoError")
         entry["folders"] = asked
@@ -1759,12 +1787,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     t.start()
     sys.stdout.write(f"READY {port}\n")
     sys.stdout.flush()
     while not stop.is_set():
-        stop.wait(0.5)
+        stop.wait(0.1)
     server.shutdown()
     server.server_close()
     if tmpdir:

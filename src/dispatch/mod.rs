@@ -1,0 +1,439 @@
+//! The dispatcher: takes due notifications from the scheduler, delivers them
+//! through the connection's backend with bounded concurrency per connection,
+//! and records every state change in the store. Retries what is transient,
+//! fails what is permanent, and announces each change to watchers.
+
+mod retry;
+mod scheduler;
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    sync::{Notify, broadcast, watch},
+    task::JoinSet,
+};
+
+pub use retry::RetryPolicy;
+use scheduler::Scheduler;
+
+use crate::{
+    backend::{Backend, DeliveryError, FailureKind},
+    domain::{
+        Backend as BackendSettings, Connection, Notification, NotificationId, Rejected, State,
+    },
+    store::{Change, Store, StoreError, millis},
+};
+
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub retry: RetryPolicy,
+    /// Attempts running at once per connection.
+    pub connection_concurrency: usize,
+    /// How long final notifications are kept.
+    pub retention: Duration,
+    /// An attempt that takes longer is abandoned as a transient failure.
+    pub attempt_timeout: Duration,
+    /// How long shutdown waits for attempts in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            connection_concurrency: 8,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            attempt_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The backends, one per technology.
+#[derive(Clone)]
+pub struct Backends {
+    pub smtp: Arc<dyn Backend>,
+    pub exchange: Arc<dyn Backend>,
+}
+
+impl Backends {
+    pub fn for_connection(&self, c: &Connection) -> &Arc<dyn Backend> {
+        match c.backend {
+            BackendSettings::Smtp(_) => &self.smtp,
+            BackendSettings::Exchange(_) => &self.exchange,
+        }
+    }
+}
+
+pub struct Dispatcher {
+    store: Arc<Store>,
+    backends: Backends,
+    config: DispatchConfig,
+    scheduler: Mutex<Scheduler>,
+    wake: Notify,
+    updates: broadcast::Sender<Notification>,
+}
+
+/// What happens to a notification after an attempt.
+enum Next {
+    Done,
+    Retry(SystemTime),
+    Hold,
+}
+
+fn now_ms() -> u64 {
+    millis(SystemTime::now())
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<Store>, backends: Backends, config: DispatchConfig) -> Arc<Self> {
+        let (updates, _) = broadcast::channel(4096);
+        Arc::new(Self {
+            store,
+            backends,
+            config,
+            scheduler: Mutex::new(Scheduler::default()),
+            wake: Notify::new(),
+            updates,
+        })
+    }
+
+    fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        // A panic while holding the lock cannot leave the scheduler in a
+        // state worse than losing one bookkeeping step; keep going.
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// Loads every pending notification from the store. Attempts that a
+    /// crash interrupted (SENDING) become due again: delivery is at least once.
+    pub fn recover(&self) -> Result<usize, StoreError> {
+        let pending = self.store.pending()?;
+        let now = SystemTime::now();
+        let mut scheduler = self.scheduler();
+        for p in &pending {
+            let due = match self.store.transition(&p.id, |n| {
+                Ok::<_, ()>(if n.state == State::Sending {
+                    Change::Write(Notification {
+                        state: State::Retrying,
+                        last_error: "the attempt was interrupted by a restart; sending again"
+                            .into(),
+                        next_attempt_time: Some(now),
+                        update_time: now,
+                        ..n.clone()
+                    })
+                } else {
+                    Change::Keep
+                })
+            })? {
+                Ok(Some(n)) if !n.state.is_final() => n.next_attempt_time.unwrap_or(p.due),
+                _ => continue,
+            };
+            scheduler.push(&p.connection, millis(due), p.id);
+        }
+        Ok(pending.len())
+    }
+
+    /// Schedules a stored notification.
+    pub fn submit(&self, n: &Notification) {
+        let due = n.next_attempt_time.unwrap_or(n.create_time);
+        self.scheduler().push(&n.connection, millis(due), n.id);
+        self.wake.notify_one();
+        let _ = self.updates.send(n.clone());
+    }
+
+    /// Every state change of every notification.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.updates.subscribe()
+    }
+
+    pub fn publish(&self, n: &Notification) {
+        let _ = self.updates.send(n.clone());
+    }
+
+    /// Notifications waiting, in flight or held.
+    pub fn queued(&self) -> usize {
+        self.scheduler().total()
+    }
+
+    /// A connection was changed: drop backend state built from the old
+    /// settings and give held notifications (disabled connection) a new try.
+    pub async fn connection_changed(&self, name: &str) {
+        self.backends.smtp.forget(name).await;
+        self.backends.exchange.forget(name).await;
+        self.scheduler().release(name, now_ms());
+        self.wake.notify_one();
+    }
+
+    /// A connection was deleted with `force`: its pending notifications end
+    /// FAILED with the reason.
+    pub async fn connection_deleted(
+        &self,
+        name: &str,
+        ids: &[NotificationId],
+    ) -> Result<(), StoreError> {
+        self.scheduler().remove_connection(name);
+        let now = SystemTime::now();
+        for id in ids {
+            let reason = format!("connection {name:?} was deleted (force) before delivery");
+            if let Ok(Some(n)) = self.store.transition(id, |n| {
+                Ok::<_, ()>(if n.state.is_final() {
+                    Change::Keep
+                } else {
+                    Change::Write(Notification {
+                        state: State::Failed,
+                        last_error: reason.clone(),
+                        next_attempt_time: None,
+                        update_time: now,
+                        ..n.clone()
+                    })
+                })
+            })? {
+                self.publish(&n);
+            }
+        }
+        self.backends.smtp.forget(name).await;
+        self.backends.exchange.forget(name).await;
+        self.store.durable().await
+    }
+
+    /// Runs until `stop` turns true, then waits up to the grace period for
+    /// attempts in flight. Unfinished ones stay SENDING in the store and are
+    /// recovered at the next start.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut attempts = JoinSet::new();
+        let mut purge = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            while attempts.try_join_next().is_some() {}
+            let (work, next) = self
+                .scheduler()
+                .take_ready(now_ms(), self.config.connection_concurrency);
+            for (connection, id) in work {
+                let this = self.clone();
+                attempts.spawn(async move { this.attempt(connection, id).await });
+            }
+            let sleep = next
+                .map(|due| due.saturating_sub(now_ms()))
+                .unwrap_or(3_600_000);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(sleep)) => {}
+                _ = purge.tick() => self.purge(),
+                _ = stop.changed() => break,
+            }
+        }
+        let in_flight = attempts.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "waiting for attempts in flight");
+            let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+                while attempts.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    left = attempts.len(),
+                    "attempts still running at the end of the grace period; they will be retried at the next start"
+                );
+                attempts.abort_all();
+            }
+        }
+    }
+
+    fn purge(&self) {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.config.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        loop {
+            match self.store.purge_expired(cutoff, 10_000) {
+                Ok(10_000) => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(removed = n, "purged notifications past retention");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "purging old notifications failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn attempt(self: Arc<Self>, connection: String, id: NotificationId) {
+        let next = match self.try_attempt(&connection, id).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "store failure during an attempt; retrying in 5 s");
+                Next::Retry(SystemTime::now() + Duration::from_secs(5))
+            }
+        };
+        {
+            let mut s = self.scheduler();
+            s.finish(&connection);
+            match next {
+                Next::Done => {}
+                Next::Retry(at) => s.push(&connection, millis(at), id),
+                Next::Hold => s.hold(&connection, id),
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    async fn try_attempt(&self, name: &str, id: NotificationId) -> Result<Next, StoreError> {
+        let now = SystemTime::now();
+        let connection = match self.store.get_connection(name) {
+            Ok(v) => Some(v.connection),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let claimed = self.store.transition(&id, |n| {
+            Ok::<_, ()>(if !matches!(n.state, State::Queued | State::Retrying) {
+                Change::Keep
+            } else {
+                match &connection {
+                    None => Change::Write(Notification {
+                        state: State::Failed,
+                        last_error: format!("connection {name:?} no longer exists"),
+                        next_attempt_time: None,
+                        update_time: now,
+                        ..n.clone()
+                    }),
+                    Some(c) if c.disabled => Change::Keep,
+                    Some(_) => Change::Write(Notification {
+                        state: State::Sending,
+                        attempts: n.attempts + 1,
+                        next_attempt_time: None,
+                        update_time: now,
+                        ..n.clone()
+                    }),
+                }
+            })
+        })?;
+        let Ok(Some(n)) = claimed else {
+            return Ok(Next::Done);
+        };
+        match (&connection, n.state) {
+            (Some(c), State::Queued | State::Retrying) if c.disabled => {
+                tracing::debug!(%id, connection = name, "connection disabled; holding");
+                Ok(Next::Hold)
+            }
+            (Some(c), State::Sending) => {
+                self.publish(&n);
+                let c = c.clone();
+                self.deliver(c, n).await
+            }
+            _ => {
+                self.publish(&n);
+                Ok(Next::Done)
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        connection: Connection,
+        claimed: Notification,
+    ) -> Result<Next, StoreError> {
+        let id = claimed.id;
+        let result = match self.store.get_message(&id)? {
+            None => Err(DeliveryError::permanent(
+                "the stored message is missing; it cannot be sent",
+            )),
+            Some(mut message) => {
+                // The connection's current sender: edits apply to the next attempt.
+                message.from = connection.sender.clone();
+                let backend = self.backends.for_connection(&connection);
+                match tokio::time::timeout(
+                    self.config.attempt_timeout,
+                    backend.send(&connection, &message),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(DeliveryError::transient(format!(
+                        "the attempt did not finish within {:?}",
+                        self.config.attempt_timeout
+                    ))),
+                }
+            }
+        };
+        let now = SystemTime::now();
+        let age = now.duration_since(claimed.create_time).unwrap_or_default();
+        let retry = &self.config.retry;
+        let rejected = |list: &[crate::backend::RejectedRecipient]| -> Vec<Rejected> {
+            list.iter()
+                .map(|r| Rejected {
+                    address: r.address.clone(),
+                    reply: r.reply.clone(),
+                })
+                .collect()
+        };
+        let finished = self.store.transition(&id, |n| {
+            let mut next = Notification {
+                update_time: now,
+                next_attempt_time: None,
+                ..n.clone()
+            };
+            match &result {
+                Ok(d) => {
+                    next.state = State::Delivered;
+                    next.provider_message_id = d.provider_message_id.clone();
+                    next.rejected = rejected(&d.rejected);
+                }
+                Err(_) if n.state != State::Sending => return Ok::<_, ()>(Change::Keep),
+                Err(e) => {
+                    next.rejected = rejected(&e.rejected);
+                    match e.kind {
+                        FailureKind::Permanent => {
+                            next.state = State::Failed;
+                            next.last_error = e.message.clone();
+                        }
+                        FailureKind::Transient if retry.exhausted(n.attempts, age) => {
+                            next.state = State::Failed;
+                            next.last_error = format!(
+                                "gave up after {} attempts over {}: {}",
+                                n.attempts,
+                                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                                e.message
+                            );
+                        }
+                        FailureKind::Transient => {
+                            next.state = State::Retrying;
+                            next.last_error = e.message.clone();
+                            next.next_attempt_time =
+                                Some(now + retry.delay(n.attempts, e.retry_after));
+                        }
+                    }
+                }
+            }
+            Ok(Change::Write(next))
+        })?;
+        let Ok(Some(n)) = finished else {
+            return Ok(Next::Done);
+        };
+        self.publish(&n);
+        match n.state {
+            State::Delivered => {
+                tracing::debug!(%id, connection = %n.connection, attempts = n.attempts, "delivered")
+            }
+            State::Failed => {
+                tracing::warn!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery failed")
+            }
+            State::Retrying => {
+                tracing::info!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery will be retried")
+            }
+            _ => {}
+        }
+        Ok(match (n.state, n.next_attempt_time) {
+            (State::Retrying, Some(at)) => Next::Retry(at),
+            _ => Next::Done,
+        })
+    }
+}
