@@ -113,7 +113,7 @@ async fn sigterm_turns_health_to_not_serving_for_a_watching_client() {
     assert!(app.wait_exit().await.success());
 }
 
-/// SERVER BUG (reported): the shutdown in src/server.rs:58-71 waits for every
+/// SERVER BUG (reported): the shutdown in src/server.rs:60-69 waits for every
 /// in-flight call without a deadline, and a `grpc.health.v1.Health/Watch`
 /// stream never ends on its own, so one watching client (a load balancer, a
 /// service mesh) keeps a SIGTERM'd server running forever.
@@ -139,7 +139,7 @@ async fn sigterm_exits_even_while_a_client_keeps_a_health_watch_open() {
     drop(updates);
 }
 
-/// SERVER BUG (reported): src/server.rs:56 logs "listening on" before
+/// SERVER BUG (reported): src/server.rs:53 logs "listening on" before
 /// `serve_with_incoming_shutdown` first polls the shutdown future, and the
 /// SIGTERM/SIGINT handlers of src/main.rs:37-56 are only installed on that
 /// first poll. A signal in between terminates the process by the default
