@@ -118,6 +118,16 @@ impl Dispatcher {
         let now = SystemTime::now();
         let mut scheduler = self.scheduler();
         for p in &pending {
+            // Most pending notifications are simply waiting: only an
+            // interrupted attempt needs a write.
+            let interrupted = matches!(
+                self.store.get_notification(&p.id)?,
+                Some(n) if n.state == State::Sending
+            );
+            if !interrupted {
+                scheduler.push(&p.connection, millis(p.due), p.id);
+                continue;
+            }
             let due = match self.store.transition(&p.id, |n| {
                 Ok::<_, ()>(if n.state == State::Sending {
                     Change::Write(Notification {
