@@ -20,6 +20,9 @@ use crate::{
 };
 
 const SERVICES: [&str; 3] = ["", "notigate.v1.ConnectionAdmin", "notigate.v1.Notifier"];
+/// How long a draining server waits for open calls (streams such as
+/// Health/Watch never end on their own) before it stops anyway.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reflection serves our services, health, and google.rpc error details (so
 /// that grpcurl can print the `BadRequest` of an error).
@@ -82,7 +85,9 @@ pub async fn serve(
 
     tracing::info!(data_dir = %config.data_dir.display(), pending = recovered, "listening on {addr}");
     let draining = health.clone();
-    Server::builder()
+    let drain_started = Arc::new(tokio::sync::Notify::new());
+    let drain_started_tx = drain_started.clone();
+    let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -98,9 +103,17 @@ pub async fn serve(
             }
             // End waits and watch streams, which would hold the drain open.
             let _ = drain_tx.send(true);
-        })
-        .await
-        .context("gRPC server failed")?;
+            drain_started_tx.notify_one();
+        });
+    tokio::select! {
+        result = server => result.context("gRPC server failed")?,
+        _ = async {
+            drain_started.notified().await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?DRAIN_GRACE, "calls still open after the drain grace period; closing them");
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = dispatching.await;
     store

@@ -118,7 +118,6 @@ async fn sigterm_turns_health_to_not_serving_for_a_watching_client() {
 /// stream never ends on its own, so one watching client (a load balancer, a
 /// service mesh) keeps a SIGTERM'd server running forever.
 #[tokio::test]
-#[ignore = "server bug: an open Health/Watch stream keeps a SIGTERM'd server from exiting (see report)"]
 async fn sigterm_exits_even_while_a_client_keeps_a_health_watch_open() {
     let mut app = TestApp::spawn().await;
     let mut updates = app
@@ -146,7 +145,6 @@ async fn sigterm_exits_even_while_a_client_keeps_a_health_watch_open() {
 /// action (exit by signal 15, nothing flushed) instead of draining. A race,
 /// so this tries several times; every start must end with exit status 0.
 #[tokio::test]
-#[ignore = "server bug: SIGTERM right after the listening line kills instead of draining (see report)"]
 async fn sigterm_right_after_the_listening_line_drains_and_exits_zero() {
     for attempt in 0..20 {
         let mut app = TestApp::spawn().await;

@@ -207,7 +207,6 @@ async fn a_wrong_master_key_is_refused_with_one_error_line_and_the_right_key_sti
 /// refused for a wrong key does change the data directory's bytes, although
 /// the error says "nothing was changed".
 #[tokio::test]
-#[ignore = "server bug: a start refused for a wrong master key rewrites sled files (see report)"]
 async fn a_start_refused_for_a_wrong_master_key_leaves_every_file_byte_for_byte_unchanged() {
     let temp = tempfile::tempdir().expect("tempdir");
     store_sealed_with_key_a(temp.path()).await;
@@ -331,7 +330,6 @@ async fn a_password_set_before_a_restart_still_counts_after_it() {
 /// format marker and refuses the directory as "not a notigate data directory"
 /// (line 136/142): one mistyped key bricks a fresh data dir.
 #[tokio::test]
-#[ignore = "server bug: a first start refused for a bad key spoils the fresh data dir (see report)"]
 async fn a_first_start_refused_for_a_malformed_key_leaves_the_data_dir_usable() {
     let temp = tempfile::tempdir().expect("tempdir");
     TestApp::try_spawn_with(temp.path(), &[], &[("NOTIGATE_MASTER_KEY", "too-short")])
@@ -349,7 +347,6 @@ async fn a_first_start_refused_for_a_malformed_key_leaves_the_data_dir_usable() 
 /// Same bug as above, through the more likely operator mistake: the first
 /// start names a key file that is not there yet.
 #[tokio::test]
-#[ignore = "server bug: a first start refused for a missing key file spoils the fresh data dir (see report)"]
 async fn a_first_start_refused_for_a_missing_key_file_leaves_the_data_dir_usable() {
     let temp = tempfile::tempdir().expect("tempdir");
     let data = temp.path().join("data");

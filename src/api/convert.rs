@@ -183,7 +183,7 @@ fn smtp_from_pb(s: &pb::SmtpSettings, p: &str, v: &mut Violations) -> Option<Smt
             None
         }
     };
-    let hello_name = text_field(v, &f("hello_name"), &s.hello_name);
+    let hello_name = s.hello_name.clone();
     if !hello_name.is_empty() {
         let literal = hello_name
             .strip_prefix('[')
@@ -200,20 +200,25 @@ fn smtp_from_pb(s: &pb::SmtpSettings, p: &str, v: &mut Violations) -> Option<Smt
             );
         }
     }
-    let settings = SmtpSettings {
+    // Every field is checked before any `?`, so that all violations are reported.
+    let trusted_ca_pem = ca_pem(v, &f("trusted_ca_pem"), &s.trusted_ca_pem);
+    let username = text_field(v, &f("username"), &s.username);
+    let password = password(v, &f("password"), &s.password);
+    let domain = text_field(v, &f("domain"), &s.domain);
+    let timeout = timeout(v, &f("timeout"), s.timeout.as_ref());
+    Some(SmtpSettings {
         host: host?,
         port: port?,
         tls: tls?,
-        trusted_ca_pem: ca_pem(v, &f("trusted_ca_pem"), &s.trusted_ca_pem),
+        trusted_ca_pem,
         accept_invalid_certs: s.accept_invalid_certs,
         auth: auth?,
-        username: text_field(v, &f("username"), &s.username),
-        password: password(v, &f("password"), &s.password),
-        domain: text_field(v, &f("domain"), &s.domain),
+        username,
+        password,
+        domain,
         hello_name,
-        timeout: timeout(v, &f("timeout"), s.timeout.as_ref()),
-    };
-    Some(settings)
+        timeout,
+    })
 }
 
 fn exchange_from_pb(
@@ -259,20 +264,24 @@ fn exchange_from_pb(
             None
         }
     };
-    let settings = ExchangeSettings {
+    let username = text_field(v, &f("username"), &e.username);
+    let password = password(v, &f("password"), &e.password);
+    let domain = text_field(v, &f("domain"), &e.domain);
+    let trusted_ca_pem = ca_pem(v, &f("trusted_ca_pem"), &e.trusted_ca_pem);
+    let timeout = timeout(v, &f("timeout"), e.timeout.as_ref());
+    Some(ExchangeSettings {
         server: server?,
         version: version?,
         auth: auth?,
-        username: text_field(v, &f("username"), &e.username),
-        password: password(v, &f("password"), &e.password),
-        domain: text_field(v, &f("domain"), &e.domain),
+        username,
+        password,
+        domain,
         save_copy: e.save_copy,
         allow_plain_http: e.allow_plain_http,
-        trusted_ca_pem: ca_pem(v, &f("trusted_ca_pem"), &e.trusted_ca_pem),
+        trusted_ca_pem,
         accept_invalid_certs: e.accept_invalid_certs,
-        timeout: timeout(v, &f("timeout"), e.timeout.as_ref()),
-    };
-    Some(settings)
+        timeout,
+    })
 }
 
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {

@@ -33,6 +33,23 @@ const FORMAT: &[u8] = b"notigate-1";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"notigate master key check";
 const DEFAULT_KEY: &[u8] = b"default_connection";
+/// The key check, also kept outside sled (see [`Store::open`]).
+const KEY_CHECK_FILE: &str = "key.check";
+
+/// Writes a file atomically and durably: temporary file, fsync, rename, fsync
+/// of the directory.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -126,6 +143,28 @@ impl Store {
             path: data_dir.to_owned(),
             source,
         })?;
+        // A wrong key is refused before sled is opened: opening sled runs
+        // its recovery, which writes.
+        let check_path = data_dir.join(KEY_CHECK_FILE);
+        match fs::read(&check_path) {
+            Ok(sealed) => {
+                let loaded = seal::load_key(key, data_dir, false)?;
+                if Sealer::from_key(&loaded.key)
+                    .open(&sealed, KEY_CHECK_KEY)
+                    .as_deref()
+                    != Some(KEY_CHECK_PLAINTEXT)
+                {
+                    return Err(OpenError::WrongKey(data_dir.to_owned()));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(OpenError::Database {
+                    path: data_dir.to_owned(),
+                    reason: format!("reading {}: {e}", check_path.display()),
+                });
+            }
+        }
         let db_path = data_dir.join("db");
         let db = sled::Config::new()
             .path(&db_path)
@@ -135,7 +174,13 @@ impl Store {
             path: data_dir.to_owned(),
             reason: e.to_string(),
         };
-        let had_trees = db.tree_names().len() > 1 || !db.is_empty();
+        // Empty trees do not count: a first start that failed after creating
+        // `meta` must not make the directory look foreign.
+        let had_trees = !db.is_empty()
+            || db.tree_names().iter().any(|name| {
+                name.as_ref() != b"__sled__default"
+                    && db.open_tree(name).map(|t| !t.is_empty()).unwrap_or(true)
+            });
         let meta = db.open_tree("meta").map_err(db_err)?;
         let formatted = meta.get(FORMAT_KEY).map_err(db_err)?;
         match formatted.as_deref() {
@@ -162,6 +207,13 @@ impl Store {
                 meta.insert(FORMAT_KEY, FORMAT).map_err(db_err)?;
                 db.flush().map_err(db_err)?;
             }
+        }
+        if !check_path.exists() {
+            let sealed = meta.get(KEY_CHECK_KEY).map_err(db_err)?.unwrap_or_default();
+            write_synced(&check_path, &sealed).map_err(|e| OpenError::Database {
+                path: data_dir.to_owned(),
+                reason: format!("writing {}: {e}", check_path.display()),
+            })?;
         }
         let connections = db.open_tree("connections").map_err(db_err)?;
         let outbox = db.open_tree("outbox").map_err(db_err)?;
