@@ -7,6 +7,8 @@
 // Each test crate uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -19,7 +21,8 @@ use std::{
 };
 
 use notigate::pb::{
-    self, connection_admin_client::ConnectionAdminClient, test_connection_request::Target,
+    self, connection_admin_client::ConnectionAdminClient, notifier_client::NotifierClient,
+    test_connection_request::Target,
 };
 use tempfile::TempDir;
 use tonic::{Code, Status, transport::Channel};
@@ -47,6 +50,7 @@ pub struct TestApp {
     pub channel: Channel,
     pub admin: ConnectionAdminClient<Channel>,
     pub health: HealthClient<Channel>,
+    pub notifier: NotifierClient<Channel>,
     data_dir: Option<PathBuf>,
     process: ServerProcess,
     /// Keeps the data directory of [`TestApp::spawn`] alive as long as the app.
@@ -142,6 +146,7 @@ impl TestApp {
             addr,
             admin: ConnectionAdminClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
+            notifier: NotifierClient::new(channel.clone()),
             channel,
             data_dir,
             process,
