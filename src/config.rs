@@ -12,7 +12,11 @@ use serde::Deserialize;
 use crate::store::KeySource;
 
 #[derive(Debug, Parser)]
-#[command(name = "notigate", version, about = "gRPC notification gateway: e-mail over SMTP and Microsoft Exchange")]
+#[command(
+    name = "notigate",
+    version,
+    about = "gRPC notification gateway: e-mail over SMTP and Microsoft Exchange"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

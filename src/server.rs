@@ -29,7 +29,10 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 /// Runs the gateway until `shutdown` completes, then drains in-flight calls,
 /// flushes the store and returns.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let opened = Store::open(&config.data_dir, &config.master_key)?;
     if let Some(path) = &opened.generated_key {
         tracing::warn!(
@@ -45,7 +48,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in ["", ADMIN_SERVICE] {
-        health.set_service_status(service, ServingStatus::Serving).await;
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -68,7 +73,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         })
         .await
         .context("gRPC server failed")?;
-    store.flush_now().context("flushing the database at shutdown")?;
+    store
+        .flush_now()
+        .context("flushing the database at shutdown")?;
     tracing::info!("stopped");
     Ok(())
 }

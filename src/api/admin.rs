@@ -107,8 +107,8 @@ impl ConnectionAdmin for AdminService {
                 // non-empty one, the backend changes kind, or auth no longer
                 // uses one.
                 let kind = updated.backend.kind();
-                let replaced = mask::covers_password(&resolved, kind)
-                    && updated.backend.password().is_some();
+                let replaced =
+                    mask::covers_password(&resolved, kind) && updated.backend.password().is_some();
                 if !updated.backend.uses_password() {
                     updated.backend.set_password(None);
                 } else if !replaced && current.connection.backend.kind() == kind {

@@ -24,7 +24,10 @@ pub fn connection_from_pb(c: &pb::Connection, prefix: &str) -> Result<Connection
     let f = |name: &str| format!("{prefix}.{name}");
     let name = v.check(&f("name"), ConnectionName::parse(&c.name));
     if c.description.chars().count() > MAX_DESCRIPTION {
-        v.add(f("description"), format!("must be at most {MAX_DESCRIPTION} characters"));
+        v.add(
+            f("description"),
+            format!("must be at most {MAX_DESCRIPTION} characters"),
+        );
     }
     if c.description.contains('\0') {
         v.add(f("description"), "must not contain NUL characters");
@@ -49,10 +52,12 @@ pub fn connection_from_pb(c: &pb::Connection, prefix: &str) -> Result<Connection
                 &f("sender.display_name"),
                 Mailbox::parse_display_name(&s.display_name),
             );
-            address.zip(display_name).map(|(address, display_name)| Mailbox {
-                address,
-                display_name,
-            })
+            address
+                .zip(display_name)
+                .map(|(address, display_name)| Mailbox {
+                    address,
+                    display_name,
+                })
         }
     };
     let backend = match &c.backend {
@@ -63,7 +68,9 @@ pub fn connection_from_pb(c: &pb::Connection, prefix: &str) -> Result<Connection
             );
             None
         }
-        Some(pb::connection::Backend::Smtp(s)) => smtp_from_pb(s, &f("smtp"), &mut v).map(Backend::Smtp),
+        Some(pb::connection::Backend::Smtp(s)) => {
+            smtp_from_pb(s, &f("smtp"), &mut v).map(Backend::Smtp)
+        }
         Some(pb::connection::Backend::Exchange(e)) => {
             exchange_from_pb(e, &f("exchange"), &mut v).map(Backend::Exchange)
         }
@@ -102,7 +109,11 @@ fn password(v: &mut Violations, field: &str, value: &str) -> Option<Secret> {
     (!value.is_empty()).then(|| Secret::new(value))
 }
 
-fn timeout(v: &mut Violations, field: &str, value: Option<&prost_types::Duration>) -> Option<Duration> {
+fn timeout(
+    v: &mut Violations,
+    field: &str,
+    value: Option<&prost_types::Duration>,
+) -> Option<Duration> {
     let d = value?;
     match Duration::try_from(*d) {
         Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => Some(d),
@@ -177,7 +188,11 @@ fn smtp_from_pb(s: &pb::SmtpSettings, p: &str, v: &mut Violations) -> Option<Smt
         let literal = hello_name
             .strip_prefix('[')
             .and_then(|r| r.strip_suffix(']'))
-            .is_some_and(|ip| ip.trim_start_matches("IPv6:").parse::<std::net::IpAddr>().is_ok());
+            .is_some_and(|ip| {
+                ip.trim_start_matches("IPv6:")
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+            });
         if !literal && HostName::parse(&hello_name).is_err() {
             v.add(
                 f("hello_name"),
@@ -201,7 +216,11 @@ fn smtp_from_pb(s: &pb::SmtpSettings, p: &str, v: &mut Violations) -> Option<Smt
     Some(settings)
 }
 
-fn exchange_from_pb(e: &pb::ExchangeSettings, p: &str, v: &mut Violations) -> Option<ExchangeSettings> {
+fn exchange_from_pb(
+    e: &pb::ExchangeSettings,
+    p: &str,
+    v: &mut Violations,
+) -> Option<ExchangeSettings> {
     let f = |name: &str| format!("{p}.{name}");
     let server = v.check(&f("server"), ExchangeServer::parse(&e.server));
     let version = match pb::ExchangeVersion::try_from(e.version) {
@@ -290,7 +309,9 @@ pub fn connection_to_pb(c: &Connection) -> pb::Connection {
             password_set: s.password.is_some(),
             domain: s.domain.clone(),
             hello_name: s.hello_name.clone(),
-            timeout: s.timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            timeout: s
+                .timeout
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
         }),
         Backend::Exchange(e) => pb::connection::Backend::Exchange(pb::ExchangeSettings {
             server: e.server.to_string(),
@@ -316,7 +337,9 @@ pub fn connection_to_pb(c: &Connection) -> pb::Connection {
             allow_plain_http: e.allow_plain_http,
             trusted_ca_pem: e.trusted_ca_pem.clone(),
             accept_invalid_certs: e.accept_invalid_certs,
-            timeout: e.timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            timeout: e
+                .timeout
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
         }),
     };
     pb::Connection {

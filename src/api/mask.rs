@@ -63,7 +63,16 @@ pub fn resolve(
     let mut out = Vec::new();
     for path in paths {
         if path == "*" {
-            out.extend(["disabled", "description", "log_level", "sender", "is_default"].map(String::from));
+            out.extend(
+                [
+                    "disabled",
+                    "description",
+                    "log_level",
+                    "sender",
+                    "is_default",
+                ]
+                .map(String::from),
+            );
             out.push(match &request.backend {
                 Some(Backend::Exchange(_)) => "exchange".into(),
                 _ => "smtp".into(),

@@ -10,10 +10,7 @@ pub use admin::AdminService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{
-    domain::Violations,
-    store::StoreError,
-};
+use crate::{domain::Violations, store::StoreError};
 
 /// `INVALID_ARGUMENT` with a `BadRequest` detail naming every bad field.
 pub fn invalid(violations: Violations) -> Status {

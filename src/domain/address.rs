@@ -80,14 +80,26 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_and_quoted_addresses() {
-        for ok in ["a@example.com", "first.last+tag@sub.example.org", "\"a b\"@example.com"] {
+        for ok in [
+            "a@example.com",
+            "first.last+tag@sub.example.org",
+            "\"a b\"@example.com",
+        ] {
             assert!(EmailAddress::parse(ok).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn rejects_malformed_and_injected_addresses() {
-        for bad in ["", "plain", "a@", "@b.c", "a@b.c\r\nBcc: x@y.z", " a@b.c", "a@b.c\0"] {
+        for bad in [
+            "",
+            "plain",
+            "a@",
+            "@b.c",
+            "a@b.c\r\nBcc: x@y.z",
+            " a@b.c",
+            "a@b.c\0",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -514,10 +514,24 @@ mod tests {
 
     #[test]
     fn host_names_are_dns_names_or_ips() {
-        for ok in ["smtp.example.com", "localhost", "127.0.0.1", "::1", "[::1]", "mx1"] {
+        for ok in [
+            "smtp.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "mx1",
+        ] {
             assert!(HostName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "smtp.example.com:25", "-bad.com", "a..b", "smtp://x", "a b"] {
+        for bad in [
+            "",
+            "smtp.example.com:25",
+            "-bad.com",
+            "a..b",
+            "smtp://x",
+            "a b",
+        ] {
             assert!(HostName::parse(bad).is_err(), "{bad}");
         }
     }

@@ -40,7 +40,10 @@ pub fn parse_header_name(name: &str) -> Result<String, String> {
     if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
         return Err(format!("{name:?} is not a valid header field name"));
     }
-    if let Some(known) = ALLOWED_HEADERS.iter().find(|h| h.eq_ignore_ascii_case(name)) {
+    if let Some(known) = ALLOWED_HEADERS
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case(name))
+    {
         return Ok((*known).to_owned());
     }
     if name.len() > 2 && name[..2].eq_ignore_ascii_case("x-") {

@@ -7,12 +7,12 @@ mod connection;
 mod message;
 
 pub use address::{EmailAddress, Mailbox};
-pub use message::{
-    ALLOWED_HEADERS, Attachment, OutgoingMessage, Priority, parse_header_name, parse_header_value,
-};
 pub use connection::{
     Backend, Connection, ConnectionName, ExchangeAuth, ExchangeServer, ExchangeSettings,
     ExchangeVersion, HostName, LogLevel, Secret, SmtpAuth, SmtpSettings, SmtpTls,
+};
+pub use message::{
+    ALLOWED_HEADERS, Attachment, OutgoingMessage, Priority, parse_header_name, parse_header_value,
 };
 
 /// One invalid field: its dotted path in the request and what is wrong with it.

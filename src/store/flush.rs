@@ -29,7 +29,8 @@ impl Flusher {
                 let db = db.clone();
                 let file = db_file.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    db.flush().map_err(|e| format!("flushing the database: {e}"))?;
+                    db.flush()
+                        .map_err(|e| format!("flushing the database: {e}"))?;
                     file.sync_data()
                         .map_err(|e| format!("syncing the database file: {e}"))
                 })

@@ -17,9 +17,7 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use flush::Flusher;
 pub use seal::KeySource;
@@ -40,9 +38,7 @@ pub enum OpenError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "data directory {0} is in use by another notigate process (its database is locked)"
-    )]
+    #[error("data directory {0} is in use by another notigate process (its database is locked)")]
     Locked(PathBuf),
     #[error("cannot open the database in {path}: {reason}")]
     Database { path: PathBuf, reason: String },
@@ -65,7 +61,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("connection {0:?} already exists")]
     AlreadyExists(String),
-    #[error("etag {given:?} does not match the current etag {current:?}: the connection changed since it was read")]
+    #[error(
+        "etag {given:?} does not match the current etag {current:?}: the connection changed since it was read"
+    )]
     EtagMismatch { given: String, current: String },
     #[error("stored record {key:?} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
@@ -152,8 +150,11 @@ impl Store {
                 }
             }
             None => {
-                meta.insert(KEY_CHECK_KEY, sealer.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_KEY))
-                    .map_err(db_err)?;
+                meta.insert(
+                    KEY_CHECK_KEY,
+                    sealer.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_KEY),
+                )
+                .map_err(db_err)?;
                 meta.insert(FORMAT_KEY, FORMAT).map_err(db_err)?;
                 db.flush().map_err(db_err)?;
             }
@@ -200,10 +201,10 @@ impl Store {
 
     fn encode(&self, v: &Versioned) -> Vec<u8> {
         let sealed_password = v.connection.backend.password().map(|p| {
-            B64.encode(
-                self.sealer
-                    .seal(p.expose().as_bytes(), &Self::password_aad(&v.connection.name)),
-            )
+            B64.encode(self.sealer.seal(
+                p.expose().as_bytes(),
+                &Self::password_aad(&v.connection.name),
+            ))
         });
         let record = Record {
             connection: v.connection.clone(),
@@ -267,9 +268,10 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Versioned>, bool), StoreError> {
         let iter = match after {
-            Some(a) => self
-                .connections
-                .range::<&[u8], _>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded)),
+            Some(a) => self.connections.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
             None => self.connections.iter(),
         };
         let mut out = Vec::new();

@@ -161,11 +161,10 @@ pub fn load_key(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_generate => {
                     let mut key = [0u8; 32];
                     rand::rng().fill_bytes(&mut key);
-                    write_new_key_file(&path, &key)
-                        .map_err(|source| KeyError::Write {
-                            path: path.clone(),
-                            source,
-                        })?;
+                    write_new_key_file(&path, &key).map_err(|source| KeyError::Write {
+                        path: path.clone(),
+                        source,
+                    })?;
                     Ok(LoadedKey {
                         key,
                         generated_at: Some(path),
