@@ -4,6 +4,7 @@
 //! what happened, classified as the retry policy needs it.
 
 pub mod mime;
+pub mod smtp;
 
 use std::time::Duration;
 
