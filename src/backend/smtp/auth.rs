@@ -526,6 +526,85 @@ mod tests {
         );
     }
 
+    /// A CHALLENGE as Windows sends it: extended session security, key
+    /// exchange, and target info with a timestamp (which obliges a MIC).
+    fn challenge_message() -> Vec<u8> {
+        let mut target_info = Vec::new();
+        for (id, value) in [
+            (2u16, utf16("CORP")),
+            (1, utf16("MAIL")),
+            (7, 0x01d9_0000_0000_0000u64.to_le_bytes().to_vec()),
+            (0, Vec::new()),
+        ] {
+            target_info.extend_from_slice(&id.to_le_bytes());
+            target_info.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            target_info.extend_from_slice(&value);
+        }
+        let target_name = utf16("CORP");
+        let flags: u32 = 0x0000_0001 // UNICODE
+            | 0x0000_0004 // REQUEST_TARGET
+            | 0x0000_0200 // NTLM
+            | 0x0000_8000 // ALWAYS_SIGN
+            | 0x0001_0000 // TARGET_TYPE_DOMAIN
+            | 0x0008_0000 // EXTENDED_SESSIONSECURITY
+            | 0x0080_0000 // TARGET_INFO
+            | 0x0200_0000 // VERSION
+            | 0x2000_0000 // 128
+            | 0x4000_0000 // KEY_EXCH
+            | 0x8000_0000; // 56
+        let header_len = 56u32;
+        let mut m = b"NTLMSSP\0".to_vec();
+        m.extend_from_slice(&2u32.to_le_bytes());
+        m.extend_from_slice(&(target_name.len() as u16).to_le_bytes());
+        m.extend_from_slice(&(target_name.len() as u16).to_le_bytes());
+        m.extend_from_slice(&header_len.to_le_bytes());
+        m.extend_from_slice(&flags.to_le_bytes());
+        m.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]); // server challenge
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&(target_info.len() as u16).to_le_bytes());
+        m.extend_from_slice(&(target_info.len() as u16).to_le_bytes());
+        m.extend_from_slice(&(header_len + target_name.len() as u32).to_le_bytes());
+        m.extend_from_slice(&[10, 0, 0x63, 0x45, 0, 0, 0, 15]); // version
+        assert_eq!(m.len(), header_len as usize);
+        m.extend_from_slice(&target_name);
+        m.extend_from_slice(&target_info);
+        m
+    }
+
+    fn utf16(s: &str) -> Vec<u8> {
+        s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    }
+
+    /// A security buffer field (length, max length, offset) of an NTLM
+    /// message.
+    fn field(message: &[u8], at: usize) -> &[u8] {
+        let len = u16::from_le_bytes([message[at], message[at + 1]]) as usize;
+        let offset = u32::from_le_bytes(message[at + 4..at + 8].try_into().unwrap()) as usize;
+        &message[offset..offset + len]
+    }
+
+    #[test]
+    fn ntlm_answers_with_an_ntlmv2_response_and_a_mic() {
+        let mut client = NtlmClient::new("alice", "corp", "pw").unwrap();
+        client.negotiate().unwrap();
+        let authenticate = client.authenticate(&challenge_message()).unwrap();
+        assert_eq!(&authenticate[..8], b"NTLMSSP\0");
+        assert_eq!(authenticate[8], 3, "message type 3 (AUTHENTICATE)");
+        // NTLMv1 responses are exactly 24 bytes; NTLMv2 carries a blob.
+        assert!(
+            field(&authenticate, 20).len() > 24,
+            "NTLMv2 response expected"
+        );
+        assert_eq!(
+            field(&authenticate, 28),
+            utf16("CORP"),
+            "domain, upper-cased"
+        );
+        assert_eq!(field(&authenticate, 36), utf16("alice"));
+        // The MIC follows the version field (offset 72) and is not zero.
+        assert_ne!(&authenticate[72..88], &[0u8; 16], "MIC expected");
+    }
+
     #[test]
     fn ntlm_negotiate_is_an_ntlmssp_message() {
         let mut client = NtlmClient::new("alice", "CORP", "pw").unwrap();

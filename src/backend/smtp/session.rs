@@ -268,8 +268,15 @@ impl Session {
             "the reply to the message",
             async {
                 conn.message(&message.formatted).await.map_err(|e| {
-                    Failure::from_smtp(Stage::Data, "message refused", &e)
-                        .with_rejected(content_rejected)
+                    // Without a reply the server may or may not have taken
+                    // the message; a retry may deliver it twice (the
+                    // delivery promise is at-least-once).
+                    let context = if e.status().is_some() {
+                        "message refused"
+                    } else {
+                        "no reply to the message (it may or may not have been accepted)"
+                    };
+                    Failure::from_smtp(Stage::Data, context, &e).with_rejected(content_rejected)
                 })
             },
         )
@@ -424,7 +431,12 @@ async fn connect(
                 )
                 .await
                 .map_err(|e| {
-                    let f = Failure::from_smtp(Stage::Connect, refused_session, &e);
+                    let context = if e.status().is_some() {
+                        refused_session.to_owned()
+                    } else {
+                        format!("cannot connect to {host}:{port}")
+                    };
+                    let f = Failure::from_smtp(Stage::Connect, &context, &e);
                     // lettre reports TCP and handshake I/O errors alike; after a
                     // TCP connect that worked, any other I/O error is the
                     // handshake's.
