@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use helpers::*;
 use notigate::{
-    backend::{Backend, FailureKind, smtp::SmtpBackend},
+    backend::{
+        Backend, FailureKind,
+        smtp::{PoolConfig, SmtpBackend},
+    },
     domain::{Backend as ConnectionBackend, Priority, Secret, SmtpAuth, SmtpSettings, SmtpTls},
 };
 use serde_json::Value;
@@ -594,6 +597,76 @@ async fn a_session_closed_by_the_server_is_replaced_transparently() {
         .await
         .expect("second, on a new session");
     assert_eq!(restarted.spool().len(), 1);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_bounded_in_number_and_time() {
+    let server = SmtpServer::start(&[]);
+    let connection = connection(settings(server.port, SmtpTls::None, SmtpAuth::None));
+    let msg = message(&connection, &["bob@example.com"]);
+
+    let none_kept = SmtpBackend::with_pool_config(PoolConfig {
+        max_idle_per_connection: 0,
+        idle_timeout: Duration::from_secs(60),
+    });
+    none_kept.send(&connection, &msg).await.expect("delivered");
+    assert_eq!(none_kept.idle_sessions("test_smtp"), 0);
+
+    let short_lived = SmtpBackend::with_pool_config(PoolConfig {
+        max_idle_per_connection: 4,
+        idle_timeout: Duration::from_millis(50),
+    });
+    short_lived
+        .send(&connection, &msg)
+        .await
+        .expect("delivered");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    short_lived
+        .send(&connection, &msg)
+        .await
+        .expect("delivered");
+    let spool = server.spool();
+    assert_eq!(spool.len(), 3);
+    assert_ne!(
+        spool[1]["peer"][1], spool[2]["peer"][1],
+        "an expired session is not reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_each_get_a_session_and_at_most_four_are_kept() {
+    let server = SmtpServer::start(&["--auth", "PLAIN", "--require-auth"]);
+    let connection = connection(settings(server.port, SmtpTls::None, SmtpAuth::Plain));
+    let backend = std::sync::Arc::new(SmtpBackend::new());
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let backend = backend.clone();
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                let msg = message(&connection, &["bob@example.com"]);
+                backend.send(&connection, &msg).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("delivered");
+    }
+    assert_eq!(server.spool().len(), 6);
+    assert!(backend.idle_sessions("test_smtp") <= 4);
+}
+
+#[tokio::test]
+async fn a_message_over_the_servers_size_limit_is_refused_before_sending() {
+    let server = SmtpServer::start(&["--max-size", "2000"]);
+    let connection = connection(settings(server.port, SmtpTls::None, SmtpAuth::None));
+    let mut msg = message(&connection, &["bob@example.com"]);
+    msg.text_body = Some("x".repeat(5000));
+    let err = SmtpBackend::new()
+        .send(&connection, &msg)
+        .await
+        .expect_err("too large");
+    assert_eq!(err.kind, FailureKind::Permanent);
+    assert!(err.message.contains("at most 2000"), "{err}");
 }
 
 /// `SmtpServer::start` picks a free port; this restarts on a known one.

@@ -168,7 +168,13 @@ impl Session {
 
     /// One mail transaction. Recipients refused one by one are reported in
     /// `Delivery::rejected` while the others get the mail; when every
-    /// recipient is refused nothing is sent and the attempt fails.
+    /// recipient is refused nothing is sent and the attempt fails
+    /// (transient if any refusal was a 4xx, else permanent).
+    ///
+    /// A recipient refused with a 4xx while others were accepted is
+    /// reported like a 5xx one and not retried on its own: `Delivery` has no
+    /// per-recipient retry, and failing the whole attempt instead would
+    /// hold everyone's mail hostage to one greylisted or over-quota box.
     pub async fn transaction(
         &mut self,
         message: &BuiltMessage,
