@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     api::{AdminService, NotifierService},
-    backend::NotBuilt,
+    backend::{NotBuilt, smtp::SmtpBackend},
     config::Config,
     dispatch::{Backends, Dispatcher},
     pb::{self, connection_admin_server::ConnectionAdminServer, notifier_server::NotifierServer},
@@ -35,7 +35,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 fn backends() -> Backends {
     Backends {
-        smtp: Arc::new(NotBuilt("smtp")),
+        smtp: Arc::new(SmtpBackend::new()),
         exchange: Arc::new(NotBuilt("exchange")),
     }
 }

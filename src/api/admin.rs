@@ -182,14 +182,14 @@ impl ConnectionAdmin for AdminService {
             }
             Some(Target::Connection(wire)) => {
                 let mut connection = connection_from_pb(&wire, "connection").map_err(invalid)?;
-                if connection.backend.password().is_none() && connection.backend.uses_password() {
-                    if let Ok(saved) = self.store.get_connection(connection.name.as_str()) {
-                        if saved.connection.backend.kind() == connection.backend.kind() {
-                            connection
-                                .backend
-                                .set_password(saved.connection.backend.password().cloned());
-                        }
-                    }
+                if connection.backend.password().is_none()
+                    && connection.backend.uses_password()
+                    && let Ok(saved) = self.store.get_connection(connection.name.as_str())
+                    && saved.connection.backend.kind() == connection.backend.kind()
+                {
+                    connection
+                        .backend
+                        .set_password(saved.connection.backend.password().cloned());
                 }
                 check_credentials(&connection).map_err(invalid)?;
                 connection

@@ -3,6 +3,9 @@
 //! gRPC or the store: it gets a validated connection and message and says
 //! what happened, classified as the retry policy needs it.
 
+pub mod mime;
+pub mod smtp;
+
 use std::time::Duration;
 
 use crate::domain::{Connection, OutgoingMessage};

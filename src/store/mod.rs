@@ -453,16 +453,15 @@ impl Store {
         name: &ConnectionName,
         now: SystemTime,
     ) -> Result<(), ConflictableTransactionError<StoreError>> {
-        if let Some(previous) = meta.get(DEFAULT_KEY)? {
-            if previous.as_ref() != name.as_str().as_bytes() {
-                if let Some(bytes) = conns.get(&previous)? {
-                    let mut prev = self.decode(&previous, &bytes).or_else(abort)?;
-                    prev.connection.is_default = false;
-                    prev.etag = new_etag();
-                    prev.update_time = now;
-                    conns.insert(&previous, self.encode(&prev))?;
-                }
-            }
+        if let Some(previous) = meta.get(DEFAULT_KEY)?
+            && previous.as_ref() != name.as_str().as_bytes()
+            && let Some(bytes) = conns.get(&previous)?
+        {
+            let mut prev = self.decode(&previous, &bytes).or_else(abort)?;
+            prev.connection.is_default = false;
+            prev.etag = new_etag();
+            prev.update_time = now;
+            conns.insert(&previous, self.encode(&prev))?;
         }
         meta.insert(DEFAULT_KEY, name.as_str().as_bytes())?;
         Ok(())
@@ -507,10 +506,10 @@ fn new_etag() -> String {
 
 fn open_error(data_dir: &Path, e: sled::Error) -> OpenError {
     let text = e.to_string();
-    if let sled::Error::Io(io) = &e {
-        if io.kind() == std::io::ErrorKind::WouldBlock || text.contains("lock") {
-            return OpenError::Locked(data_dir.to_owned());
-        }
+    if let sled::Error::Io(io) = &e
+        && (io.kind() == std::io::ErrorKind::WouldBlock || text.contains("lock"))
+    {
+        return OpenError::Locked(data_dir.to_owned());
     }
     OpenError::Database {
         path: data_dir.to_owned(),
