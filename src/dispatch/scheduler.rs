@@ -56,14 +56,13 @@ impl Scheduler {
                 if q.in_flight >= limit {
                     continue;
                 }
-                if let Some(&(due, id)) = q.due.first() {
-                    if due <= now_ms {
+                if let Some(&(due, id)) = q.due.first()
+                    && due <= now_ms {
                         q.due.pop_first();
                         q.in_flight += 1;
                         out.push((name.clone(), id));
                         took = true;
                     }
-                }
             }
             if !took {
                 break;

@@ -232,11 +232,10 @@ impl Store {
                 .first()
                 .and_then(|c| State::from_code(*c))
                 .is_none_or(State::is_final);
-            if !final_state {
-                if let Some(id) = id_from(&k[prefix.len()..]) {
+            if !final_state
+                && let Some(id) = id_from(&k[prefix.len()..]) {
                     out.push(id);
                 }
-            }
         }
         Ok(out)
     }
@@ -281,11 +280,10 @@ impl Store {
                 continue;
             }
             let n: Notification = if connection.is_some() {
-                if let Some(s) = state {
-                    if v.first() != Some(&s.code()) {
+                if let Some(s) = state
+                    && v.first() != Some(&s.code()) {
                         continue;
                     }
-                }
                 match self.get_notification(&id)? {
                     Some(n) => n,
                     None => continue,
