@@ -3,6 +3,8 @@
 //! gRPC or the store: it gets a validated connection and message and says
 //! what happened, classified as the retry policy needs it.
 
+pub mod exchange;
+
 use std::time::Duration;
 
 use crate::domain::{Connection, OutgoingMessage};
