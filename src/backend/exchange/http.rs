@@ -253,7 +253,18 @@ pub async fn open(
         TlsConnector::from(config.clone()).connect(name, tcp),
     )
     .await
-    .map_err(|_| timed_out(Stage::Tls, "in the TLS handshake with"))?
+    .map_err(|_| {
+        // A plain-HTTP server waits for a request line that a ClientHello
+        // never completes, so this is how that mistake usually shows.
+        Failure::new(
+            Stage::Tls,
+            DeliveryError::transient(format!(
+                "timed out in the TLS handshake with {} (if the server speaks plain \
+                 HTTP on this port, set allow_plain_http)",
+                ep.url
+            )),
+        )
+    })?
     .map_err(|e| {
         let error = match tls::classify_handshake_error(&e) {
             TlsFailure::Certificate(m) | TlsFailure::Protocol(m) => DeliveryError::permanent(m),
