@@ -314,6 +314,21 @@ async fn changed_settings_drop_the_pooled_connection() {
 }
 
 #[tokio::test]
+async fn a_restarted_server_gets_a_new_connection() {
+    let first = Fake::start(&["--auth", "ntlm"]);
+    let port = first.port.to_string();
+    let backend = ExchangeBackend::new();
+    let conn = connection(settings(&first.server(), ExchangeAuth::Ntlm));
+    backend.send(&conn, &message()).await.unwrap();
+    // The pooled, authenticated connection dies with the server.
+    drop(first);
+    let second = Fake::start(&["--auth", "ntlm", "--port", &port]);
+    backend.send(&conn, &message()).await.unwrap();
+    assert_eq!(str_of(&second.last(), "response_code"), "NoError");
+    assert_eq!(second.stats()["ntlm_authenticated"], 1);
+}
+
+#[tokio::test]
 async fn every_version_string_reaches_the_server() {
     let fake = Fake::start(&["--auth", "basic"]);
     let backend = ExchangeBackend::new();

@@ -60,7 +60,7 @@ struct Pool {
     idle: Vec<Conn>,
 }
 
-/// Which operation an answer belongs to, and what a refusal should name.
+/// What an error message about an answer should name.
 struct Context<'a> {
     endpoint: &'a Endpoint,
     /// The authenticated account, if any (for the Send-As explanation).
