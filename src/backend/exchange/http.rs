@@ -145,16 +145,11 @@ impl Credentials {
                 let password = password()?;
                 // IIS Basic takes `DOMAIN\user` or a UPN; a bare user name
                 // is qualified with the configured domain.
-                let user = if settings.domain.is_empty()
-                    || settings.username.contains('\\')
-                    || settings.username.contains('@')
-                {
-                    settings.username.clone()
-                } else {
-                    format!("{}\\{}", settings.domain, settings.username)
-                };
-                let token = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{user}:{}", password.expose()));
+                let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    qualified_user(settings),
+                    password.expose()
+                ));
                 let mut value = HeaderValue::from_str(&format!("Basic {token}"))
                     .map_err(|_| "the user name cannot go into an HTTP header".to_string())?;
                 value.set_sensitive(true);
@@ -178,17 +173,19 @@ impl Credentials {
     pub fn account(&self, settings: &ExchangeSettings) -> Option<String> {
         match self {
             Credentials::None => None,
-            Credentials::Basic(_) | Credentials::Ntlm { .. } => {
-                if settings.domain.is_empty()
-                    || settings.username.contains('\\')
-                    || settings.username.contains('@')
-                {
-                    Some(settings.username.clone())
-                } else {
-                    Some(format!("{}\\{}", settings.domain, settings.username))
-                }
-            }
+            Credentials::Basic(_) | Credentials::Ntlm { .. } => Some(qualified_user(settings)),
         }
+    }
+}
+
+/// The user name with its domain: as given when it names one (`DOMAIN\user`,
+/// `user@upn.suffix`) or no domain is set, else `DOMAIN\user`.
+fn qualified_user(settings: &ExchangeSettings) -> String {
+    let user = &settings.username;
+    if settings.domain.is_empty() || user.contains('\\') || user.contains('@') {
+        user.clone()
+    } else {
+        format!("{}\\{user}", settings.domain)
     }
 }
 
