@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     api::{AdminService, NotifierService},
-    backend::{NotBuilt, smtp::SmtpBackend},
+    backend::{exchange::ExchangeBackend, smtp::SmtpBackend},
     config::Config,
     dispatch::{Backends, Dispatcher},
     pb::{self, connection_admin_server::ConnectionAdminServer, notifier_server::NotifierServer},
@@ -36,7 +36,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 fn backends() -> Backends {
     Backends {
         smtp: Arc::new(SmtpBackend::new()),
-        exchange: Arc::new(NotBuilt("exchange")),
+        exchange: Arc::new(ExchangeBackend::new()),
     }
 }
 

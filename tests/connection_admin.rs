@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::*;
+use common::{servers::PyServer, *};
 use notigate::pb::{self, test_connection_request::Target};
 use tonic::Code;
 
@@ -191,48 +191,97 @@ async fn a_deleted_name_can_be_created_again() {
 }
 
 // ---------------------------------------------------------------------------
-// TestConnection (no backend is built yet)
+// TestConnection, against the real test servers (tests/servers/)
+
+/// A users file for the test servers: `CORP:mailer:<PASSWORD>`.
+fn users_file() -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().expect("users file");
+    std::fs::write(f.path(), format!("CORP:mailer:{PASSWORD}\n")).expect("write users");
+    f
+}
+
+/// The SMTP fixture pointed at the test server: plain text, PLAIN auth.
+fn smtp_at(name: &str, port: u16) -> pb::Connection {
+    let mut c = smtp_connection(name);
+    let s = smtp_mut(&mut c);
+    s.host = "127.0.0.1".into();
+    s.port = u32::from(port);
+    s.tls = pb::SmtpTls::None as i32;
+    s.hello_name.clear();
+    c
+}
 
 #[tokio::test]
-async fn test_connection_by_name_answers_unimplemented_naming_the_backend() {
+async fn test_connection_by_name_reports_the_last_stage_and_the_server_words() {
+    let users = users_file();
+    let users = users.path().to_str().unwrap();
+    let smtp = PyServer::smtp(&["--auth", "PLAIN", "--users", users, "--require-auth"]);
+    let ews = PyServer::start(
+        "ews_server.py",
+        &["--auth", "basic", "--users", users, "--quiet"],
+    );
     let app = TestApp::spawn().await;
-    app.create_ok(smtp_connection("Main_SMTP")).await;
-    app.create_ok(exchange_connection("Corp_Exchange")).await;
+    app.create_ok(smtp_at("Main_SMTP", smtp.port)).await;
+    let mut exchange = exchange_connection("Corp_Exchange");
+    {
+        let e = exchange_mut(&mut exchange);
+        e.server = format!("127.0.0.1:{}", ews.port);
+        e.allow_plain_http = true;
+        e.auth = pb::ExchangeAuth::Basic as i32;
+        e.username = "mailer".into();
+    }
+    app.create_ok(exchange).await;
 
-    let smtp = assert_code(
-        app.test_connection(Target::Name("Main_SMTP".into())).await,
-        Code::Unimplemented,
-    );
-    let exchange = assert_code(
-        app.test_connection(Target::Name("Corp_Exchange".into()))
-            .await,
-        Code::Unimplemented,
-    );
+    let r = app
+        .test_connection(Target::Name("Main_SMTP".into()))
+        .await
+        .expect("TestConnection");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stage, "sender");
+    assert!(r.latency.is_some());
+    let r = app
+        .test_connection(Target::Name("Corp_Exchange".into()))
+        .await
+        .expect("TestConnection");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stage, "ews");
+    assert!(smtp.received().is_empty(), "a test must not send mail");
 
+    let mut wrong = smtp_at("Wrong_Password", smtp.port);
+    smtp_mut(&mut wrong).password = "not-the-password".into();
+    app.create_ok(wrong).await;
+    let r = app
+        .test_connection(Target::Name("Wrong_Password".into()))
+        .await
+        .expect("TestConnection");
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.stage, "auth");
+    assert!(r.detail.contains("535"), "{r:?}");
     assert!(
-        smtp.message().contains("the smtp backend is not built"),
-        "{smtp:?}"
-    );
-    assert!(
-        exchange
-            .message()
-            .contains("the exchange backend is not built"),
-        "{exchange:?}"
+        !r.detail.contains("not-the-password"),
+        "password leaked: {r:?}"
     );
 }
 
 #[tokio::test]
-async fn test_connection_with_valid_unsaved_settings_answers_unimplemented() {
+async fn test_connection_of_unsaved_settings_stores_nothing() {
+    let users = users_file();
+    let smtp = PyServer::smtp(&["--auth", "PLAIN", "--users", users.path().to_str().unwrap()]);
     let app = TestApp::spawn().await;
 
-    let status = assert_code(
-        app.test_connection(Target::Connection(smtp_connection("Unsaved")))
-            .await,
-        Code::Unimplemented,
-    );
-
-    assert!(status.message().contains("smtp"), "{status:?}");
+    let r = app
+        .test_connection(Target::Connection(smtp_at("Unsaved", smtp.port)))
+        .await
+        .expect("TestConnection");
+    assert!(r.ok, "{r:?}");
     assert_code(app.get("Unsaved").await, Code::NotFound);
+
+    let r = app
+        .test_connection(Target::Connection(smtp_at("Unsaved", 9)))
+        .await
+        .expect("TestConnection");
+    assert!(!r.ok);
+    assert_eq!(r.stage, "connect", "{r:?}");
 }
 
 #[tokio::test]
@@ -275,20 +324,28 @@ async fn test_connection_without_a_target_is_invalid() {
 
 #[tokio::test]
 async fn test_connection_of_unsaved_settings_without_password_uses_the_saved_password() {
+    let users = users_file();
+    let smtp = PyServer::smtp(&[
+        "--auth",
+        "PLAIN",
+        "--users",
+        users.path().to_str().unwrap(),
+        "--require-auth",
+    ]);
     let app = TestApp::spawn().await;
-    app.create_ok(smtp_connection("Saved")).await;
-    let mut edited = smtp_connection("Saved");
+    app.create_ok(smtp_at("Saved", 9)).await;
+    // Edited, unsaved settings (another port), password left empty.
+    let mut edited = smtp_at("Saved", smtp.port);
     smtp_mut(&mut edited).password.clear();
-    smtp_mut(&mut edited).port = 465;
     let mut unknown = edited.clone();
     unknown.name = "NotSaved".into();
 
-    // With the saved password the settings are complete: only the missing
-    // backend stops the test.
-    assert_code(
-        app.test_connection(Target::Connection(edited)).await,
-        Code::Unimplemented,
-    );
+    // The saved password completes the settings and the server accepts it.
+    let r = app
+        .test_connection(Target::Connection(edited))
+        .await
+        .expect("TestConnection");
+    assert!(r.ok, "{r:?}");
     // Without a saved connection to borrow from, the password is missing.
     assert_invalid(
         app.test_connection(Target::Connection(unknown)).await,

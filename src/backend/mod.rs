@@ -3,6 +3,7 @@
 //! gRPC or the store: it gets a validated connection and message and says
 //! what happened, classified as the retry policy needs it.
 
+pub mod exchange;
 pub mod mime;
 pub mod smtp;
 
@@ -91,26 +92,4 @@ pub trait Backend: Send + Sync {
 
     /// Drops any state kept for a connection (deleted or changed).
     async fn forget(&self, _connection_name: &str) {}
-}
-
-/// Stands in for a backend this build does not have yet: every send fails
-/// permanently and every test says so.
-pub struct NotBuilt(pub &'static str);
-
-#[async_trait::async_trait]
-impl Backend for NotBuilt {
-    async fn send(&self, _: &Connection, _: &OutgoingMessage) -> Result<Delivery, DeliveryError> {
-        Err(DeliveryError::permanent(format!(
-            "the {} backend is not built into this server",
-            self.0
-        )))
-    }
-
-    async fn test(&self, _: &Connection) -> TestReport {
-        TestReport {
-            ok: false,
-            stage: "connect",
-            detail: format!("the {} backend is not built into this server", self.0),
-        }
-    }
 }

@@ -57,12 +57,13 @@ impl Scheduler {
                     continue;
                 }
                 if let Some(&(due, id)) = q.due.first()
-                    && due <= now_ms {
-                        q.due.pop_first();
-                        q.in_flight += 1;
-                        out.push((name.clone(), id));
-                        took = true;
-                    }
+                    && due <= now_ms
+                {
+                    q.due.pop_first();
+                    q.in_flight += 1;
+                    out.push((name.clone(), id));
+                    took = true;
+                }
             }
             if !took {
                 break;

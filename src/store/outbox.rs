@@ -232,10 +232,9 @@ impl Store {
                 .first()
                 .and_then(|c| State::from_code(*c))
                 .is_none_or(State::is_final);
-            if !final_state
-                && let Some(id) = id_from(&k[prefix.len()..]) {
-                    out.push(id);
-                }
+            if !final_state && let Some(id) = id_from(&k[prefix.len()..]) {
+                out.push(id);
+            }
         }
         Ok(out)
     }
@@ -281,9 +280,10 @@ impl Store {
             }
             let n: Notification = if connection.is_some() {
                 if let Some(s) = state
-                    && v.first() != Some(&s.code()) {
-                        continue;
-                    }
+                    && v.first() != Some(&s.code())
+                {
+                    continue;
+                }
                 match self.get_notification(&id)? {
                     Some(n) => n,
                     None => continue,
