@@ -11,7 +11,7 @@ work=$(mktemp -d)
 cleanup() {
   [ -n "${gw:-}" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
   pkill -f "aiosmtpd -n -l 127.0.0.1:2525" 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
