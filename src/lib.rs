@@ -6,6 +6,7 @@
 //! touches sled.
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod dispatch;
