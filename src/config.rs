@@ -52,6 +52,31 @@ pub struct ServeArgs {
     /// Allow a non-loopback --listen address without tokens and TLS.
     #[arg(long, env = "NOTIGATE_INSECURE")]
     pub insecure: bool,
+    /// Bearer tokens (hashed, with roles); see `notigate token create`.
+    /// Without it every caller is trusted, and only loopback is served.
+    #[arg(long, env = "NOTIGATE_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the gRPC listener (with --tls-key).
+    #[arg(long, env = "NOTIGATE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "NOTIGATE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "NOTIGATE_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Per-connection file logs [default: <data-dir>/logs].
+    #[arg(long, env = "NOTIGATE_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Days of rotated per-connection log files kept [default: 14].
+    #[arg(long, env = "NOTIGATE_LOG_KEEP_DAYS", value_name = "N")]
+    pub log_keep_days: Option<usize>,
+    /// Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "NOTIGATE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format on stderr: text or json [default: text]. Filter with RUST_LOG.
+    #[arg(long, env = "NOTIGATE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Largest message Send accepts: subject, bodies and attachments
     /// together (e.g. 25MiB) [default: 25MiB].
     #[arg(long, env = "NOTIGATE_MAX_MESSAGE_SIZE", value_name = "SIZE")]
@@ -96,6 +121,13 @@ pub struct ServeArgs {
     pub shutdown_grace: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// The `--config` file. Unknown keys are an error naming the key.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +136,14 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     insecure: Option<bool>,
+    tokens_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    log_keep_days: Option<usize>,
+    metrics_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
     max_message_size: Option<SizeValue>,
     grpc_max_message_size: Option<SizeValue>,
     max_recipients: Option<usize>,
@@ -143,9 +183,24 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub master_key: KeySource,
     pub insecure: bool,
+    pub tokens_file: Option<PathBuf>,
+    pub tls: Option<TlsFiles>,
+    pub log_dir: PathBuf,
+    pub log_keep_days: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
     pub grpc_max_message_size: usize,
     pub send: SendLimits,
     pub dispatch: DispatchConfig,
+}
+
+/// The gRPC listener's TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Set: clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -166,10 +221,10 @@ pub enum ConfigError {
         message: String,
     },
     #[error(
-        "refusing to listen on {0}: a non-loopback address would expose the gateway without \
-         authentication or TLS; listen on 127.0.0.1, or pass --insecure if the network is trusted"
+        "refusing to listen on {0}: a non-loopback address needs --tokens-file and --tls-cert/--tls-key \
+         (missing: {1}); listen on 127.0.0.1, or pass --insecure if the network is trusted"
     )]
-    Exposed(SocketAddr),
+    Exposed(SocketAddr, &'static str),
 }
 
 impl Config {
@@ -195,9 +250,52 @@ impl Config {
             },
         };
         let insecure = args.insecure || file.insecure.unwrap_or(false);
+        let tokens_file = args.tokens_file.or(file.tokens_file);
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.client_ca.or(file.client_ca),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "client_ca",
+                    message: "needs --tls-cert and --tls-key".into(),
+                });
+            }
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls_cert",
+                    message: "--tls-cert and --tls-key go together".into(),
+                });
+            }
+        };
         if !listen.ip().is_loopback() && !insecure {
-            return Err(ConfigError::Exposed(listen));
+            let missing = match (tokens_file.is_some(), tls.is_some()) {
+                (true, true) => "",
+                (false, true) => "tokens",
+                (true, false) => "TLS",
+                (false, false) => "tokens and TLS",
+            };
+            if !missing.is_empty() {
+                return Err(ConfigError::Exposed(listen, missing));
+            }
         }
+        let log_dir = args
+            .log_dir
+            .or(file.log_dir)
+            .unwrap_or_else(|| data_dir.join("logs"));
+        let log_keep_days = args.log_keep_days.or(file.log_keep_days).unwrap_or(14);
+        let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+        let log_format = args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text);
         let defaults = DispatchConfig::default();
         let retry_defaults = RetryPolicy::default();
         let limits = MessageLimits::default();
@@ -345,6 +443,12 @@ impl Config {
             data_dir,
             master_key,
             insecure,
+            tokens_file,
+            tls,
+            log_dir,
+            log_keep_days,
+            metrics_listen,
+            log_format,
             grpc_max_message_size,
             send,
             dispatch,

@@ -3,18 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use notigate::config::{Cli, Command, Config};
+use notigate::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let result = match cli.command {
         Command::Serve(args) => run_serve(args),
     };
@@ -27,8 +20,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Structured logs on stderr, filtered by RUST_LOG (default `info`).
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 fn run_serve(args: notigate::config::ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
+    init_tracing(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -7,13 +7,17 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
     api::{AdminService, NotifierService},
+    auth::{Role, Tokens},
     backend::{exchange::ExchangeBackend, smtp::SmtpBackend},
-    config::Config,
+    config::{Config, TlsFiles},
     dispatch::{Backends, Dispatcher},
     pb::{self, connection_admin_server::ConnectionAdminServer, notifier_server::NotifierServer},
     store::Store,
@@ -38,6 +42,21 @@ fn backends() -> Backends {
         smtp: Arc::new(SmtpBackend::new()),
         exchange: Arc::new(ExchangeBackend::new()),
     }
+}
+
+fn tls_config(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
+    let read = |p: &std::path::PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let identity = Identity::from_pem(
+        read(&files.cert, "--tls-cert")?,
+        read(&files.key, "--tls-key")?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--client-ca")?));
+    }
+    Ok(tls)
 }
 
 /// Runs the gateway until `shutdown` completes, then drains: health turns
@@ -71,23 +90,58 @@ pub async fn serve(
             .set_service_status(service, ServingStatus::Serving)
             .await;
     }
+    let tokens = match &config.tokens_file {
+        Some(path) => {
+            let t = Tokens::load(path)?;
+            tracing::info!(tokens = t.len(), path = %path.display(), "bearer tokens required");
+            Some(t)
+        }
+        None => {
+            tracing::info!(
+                "no --tokens-file: every caller is trusted, so only a loopback address may be served"
+            );
+            None
+        }
+    };
+    let guard = |role: Role| {
+        let tokens = tokens.clone();
+        move |request: tonic::Request<()>| {
+            if let Some(t) = &tokens {
+                t.check(&request, role)?;
+            }
+            Ok(request)
+        }
+    };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let admin = ConnectionAdminServer::new(AdminService::new(store.clone(), dispatcher.clone()));
+    let admin = InterceptedService::new(
+        ConnectionAdminServer::new(AdminService::new(store.clone(), dispatcher.clone())),
+        guard(Role::Admin),
+    );
     let (drain_tx, drain_rx) = watch::channel(false);
-    let notifier = NotifierServer::new(NotifierService::new(
-        store.clone(),
-        dispatcher.clone(),
-        config.send.clone(),
-        drain_rx,
-    ))
-    .max_decoding_message_size(config.grpc_max_message_size);
+    let notifier = InterceptedService::new(
+        NotifierServer::new(NotifierService::new(
+            store.clone(),
+            dispatcher.clone(),
+            config.send.clone(),
+            drain_rx,
+        ))
+        .max_decoding_message_size(config.grpc_max_message_size),
+        guard(Role::Sender),
+    );
 
     tracing::info!(data_dir = %config.data_dir.display(), pending = recovered, "listening on {addr}");
     let draining = health.clone();
     let drain_started = Arc::new(tokio::sync::Notify::new());
     let drain_started_tx = drain_started.clone();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .context("configuring TLS on the gRPC listener")?;
+        tracing::info!(mutual = tls.client_ca.is_some(), "TLS on the gRPC listener");
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -338,7 +338,7 @@ pub async fn start_must_fail(args: &[&str], envs: &[(&str, &str)]) -> StartFailu
 }
 
 /// The child process and its stderr, read by a thread into a buffer.
-struct ServerProcess {
+pub struct ServerProcess {
     child: Child,
     exited: Option<ExitStatus>,
     stderr: Arc<Mutex<String>>,
@@ -348,7 +348,7 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary and waits for its "listening on ADDR" line, or for it
     /// to exit.
-    fn start(
+    pub fn start(
         args: &[String],
         envs: &[(String, String)],
     ) -> Result<(ServerProcess, SocketAddr), StartFailure> {
@@ -498,6 +498,23 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Starts the binary without connecting a client: for servers that need a
+/// client of their own (TLS, tokens).
+pub fn launch(args: &[&str], envs: &[(&str, &str)]) -> (ServerProcess, SocketAddr) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    match ServerProcess::start(&args, &envs) {
+        Ok(started) => started,
+        Err(f) => panic!(
+            "notigate did not start: {}\n--- stderr ---\n{}",
+            f.status, f.stderr
+        ),
     }
 }
 
