@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod connlog;
 pub mod dispatch;
 pub mod domain;
 pub mod pb;

@@ -18,6 +18,7 @@ use crate::{
     auth::{Role, Tokens},
     backend::{exchange::ExchangeBackend, smtp::SmtpBackend},
     config::{Config, TlsFiles},
+    connlog::ConnectionLogs,
     dispatch::{Backends, Dispatcher},
     pb::{self, connection_admin_server::ConnectionAdminServer, notifier_server::NotifierServer},
     store::Store,
@@ -74,7 +75,15 @@ pub async fn serve(
         );
     }
     let store = Arc::new(opened.store);
-    let dispatcher = Dispatcher::new(store.clone(), backends(), config.dispatch.clone());
+    let logs = Arc::new(
+        ConnectionLogs::new(&config.log_dir, config.log_keep_days).with_context(|| {
+            format!(
+                "cannot create the log directory {}",
+                config.log_dir.display()
+            )
+        })?,
+    );
+    let dispatcher = Dispatcher::new(store.clone(), logs, backends(), config.dispatch.clone());
     let recovered = dispatcher.recover().context("loading the outbox")?;
     let listener = TcpListener::bind(config.listen)
         .await

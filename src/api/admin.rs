@@ -153,7 +153,7 @@ impl ConnectionAdmin for AdminService {
                 )));
             }
             self.dispatcher
-                .connection_deleted(name.as_str(), &pending)
+                .connection_deleted(&current.connection, &pending)
                 .await?;
         }
         self.store

@@ -18,6 +18,7 @@ use super::{
     page_size,
 };
 use crate::{
+    connlog::{Kind, describe},
     dispatch::Dispatcher,
     domain::{ConnectionName, Notification, NotificationId, State},
     pb::{self, notifier_server::Notifier},
@@ -264,6 +265,12 @@ impl Notifier for NotifierService {
                     Status::unavailable(format!("the outbox could not be made durable: {e}"))
                 })?;
                 self.dispatcher.submit(&n);
+                self.dispatcher.logs().event(
+                    connection.name.as_str(),
+                    connection.log_level,
+                    Kind::Step,
+                    || format!("id={} queued {}", n.id, describe(&outgoing)),
+                );
                 n
             }
         };
@@ -399,6 +406,14 @@ impl Notifier for NotifierService {
             Ok(Some(n)) => {
                 self.store.durable().await?;
                 self.dispatcher.publish(&n);
+                if let Ok(c) = self.store.get_connection(&n.connection) {
+                    self.dispatcher.logs().event(
+                        &n.connection,
+                        c.connection.log_level,
+                        Kind::Step,
+                        || format!("id={} canceled", n.id),
+                    );
+                }
                 Ok(Response::new(notification_to_pb(&n)))
             }
             Ok(None) => Err(Status::not_found(format!(

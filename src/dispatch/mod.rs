@@ -21,6 +21,7 @@ use scheduler::Scheduler;
 
 use crate::{
     backend::{Backend, DeliveryError, FailureKind},
+    connlog::{ConnectionLogs, Kind, describe},
     domain::{
         Backend as BackendSettings, Connection, Notification, NotificationId, Rejected, State,
     },
@@ -70,6 +71,7 @@ impl Backends {
 
 pub struct Dispatcher {
     store: Arc<Store>,
+    logs: Arc<ConnectionLogs>,
     backends: Backends,
     config: DispatchConfig,
     scheduler: Mutex<Scheduler>,
@@ -89,10 +91,16 @@ fn now_ms() -> u64 {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<Store>, backends: Backends, config: DispatchConfig) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        logs: Arc<ConnectionLogs>,
+        backends: Backends,
+        config: DispatchConfig,
+    ) -> Arc<Self> {
         let (updates, _) = broadcast::channel(4096);
         Arc::new(Self {
             store,
+            logs,
             backends,
             config,
             scheduler: Mutex::new(Scheduler::default()),
@@ -109,6 +117,10 @@ impl Dispatcher {
 
     pub fn backends(&self) -> &Backends {
         &self.backends
+    }
+
+    pub fn logs(&self) -> &ConnectionLogs {
+        &self.logs
     }
 
     /// Loads every pending notification from the store. Attempts that a
@@ -185,9 +197,10 @@ impl Dispatcher {
     /// FAILED with the reason.
     pub async fn connection_deleted(
         &self,
-        name: &str,
+        connection: &Connection,
         ids: &[NotificationId],
     ) -> Result<(), StoreError> {
+        let name = connection.name.as_str();
         self.scheduler().remove_connection(name);
         let now = SystemTime::now();
         for id in ids {
@@ -205,6 +218,10 @@ impl Dispatcher {
                     })
                 })
             })? {
+                self.logs
+                    .event(name, connection.log_level, Kind::Error, || {
+                        format!("id={} failed: {}", n.id, n.last_error)
+                    });
                 self.publish(&n);
             }
         }
@@ -332,9 +349,15 @@ impl Dispatcher {
         match (&connection, n.state) {
             (Some(c), State::Queued | State::Retrying) if c.disabled => {
                 tracing::debug!(%id, connection = name, "connection disabled; holding");
+                self.logs.event(name, c.log_level, Kind::Step, || {
+                    format!("id={id} waiting: the connection is disabled")
+                });
                 Ok(Next::Hold)
             }
             (Some(c), State::Sending) => {
+                self.logs.event(name, c.log_level, Kind::Step, || {
+                    format!("id={id} attempt {} started", n.attempts)
+                });
                 self.publish(&n);
                 let c = c.clone();
                 self.deliver(c, n).await
@@ -352,11 +375,15 @@ impl Dispatcher {
         claimed: Notification,
     ) -> Result<Next, StoreError> {
         let id = claimed.id;
+        let mut described = String::new();
         let result = match self.store.get_message(&id)? {
             None => Err(DeliveryError::permanent(
                 "the stored message is missing; it cannot be sent",
             )),
             Some(mut message) => {
+                if connection.log_level == crate::domain::LogLevel::Full {
+                    described = describe(&message);
+                }
                 // The connection's current sender: edits apply to the next attempt.
                 message.from = connection.sender.clone();
                 let backend = self.backends.for_connection(&connection);
@@ -429,6 +456,37 @@ impl Dispatcher {
             return Ok(Next::Done);
         };
         self.publish(&n);
+        let name = connection.name.as_str();
+        let level = connection.log_level;
+        match n.state {
+            State::Delivered => {
+                self.logs.event(name, level, Kind::Step, || {
+                    format!(
+                        "id={id} delivered attempt={} {described} reply={:?}",
+                        n.attempts, n.provider_message_id
+                    )
+                });
+                for r in &n.rejected {
+                    self.logs.event(name, level, Kind::Error, || {
+                        format!("id={id} recipient {} refused: {}", r.address, r.reply)
+                    });
+                }
+            }
+            State::Failed => self.logs.event(name, level, Kind::Error, || {
+                format!("id={id} failed attempt={}: {}", n.attempts, n.last_error)
+            }),
+            State::Retrying => self.logs.event(name, level, Kind::Error, || {
+                format!(
+                    "id={id} attempt {} failed, retrying at {}: {}",
+                    n.attempts,
+                    n.next_attempt_time
+                        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                        .unwrap_or_default(),
+                    n.last_error
+                )
+            }),
+            _ => {}
+        }
         match n.state {
             State::Delivered => {
                 tracing::debug!(%id, connection = %n.connection, attempts = n.attempts, "delivered")
