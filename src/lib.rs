@@ -12,6 +12,7 @@ pub mod config;
 pub mod connlog;
 pub mod dispatch;
 pub mod domain;
+pub mod metrics;
 pub mod pb;
 mod server;
 pub mod store;

@@ -20,6 +20,7 @@ use crate::{
     config::{Config, TlsFiles},
     connlog::ConnectionLogs,
     dispatch::{Backends, Dispatcher},
+    metrics::{GrpcMetricsLayer, Metrics},
     pb::{self, connection_admin_server::ConnectionAdminServer, notifier_server::NotifierServer},
     store::Store,
 };
@@ -83,13 +84,31 @@ pub async fn serve(
             )
         })?,
     );
-    let dispatcher = Dispatcher::new(store.clone(), logs, backends(), config.dispatch.clone());
+    let metrics = Arc::new(Metrics::new());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        logs,
+        metrics.clone(),
+        backends(),
+        config.dispatch.clone(),
+    );
     let recovered = dispatcher.recover().context("loading the outbox")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
 
+    if let Some(metrics_addr) = config.metrics_listen {
+        let d = dispatcher.clone();
+        let bound = crate::metrics::serve(
+            metrics_addr,
+            metrics.clone(),
+            Arc::new(move || d.refresh_gauges()),
+        )
+        .await
+        .with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatching = tokio::spawn(dispatcher.clone().run(stop_rx));
 
@@ -151,6 +170,7 @@ pub async fn serve(
         tracing::info!(mutual = tls.client_ca.is_some(), "TLS on the gRPC listener");
     }
     let server = builder
+        .layer(GrpcMetricsLayer(metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -265,6 +265,13 @@ impl Notifier for NotifierService {
                     Status::unavailable(format!("the outbox could not be made durable: {e}"))
                 })?;
                 self.dispatcher.submit(&n);
+                self.dispatcher
+                    .metrics()
+                    .accepted
+                    .get_or_create(&crate::metrics::ConnectionLabels {
+                        connection: n.connection.clone(),
+                    })
+                    .inc();
                 self.dispatcher.logs().event(
                     connection.name.as_str(),
                     connection.log_level,
@@ -406,6 +413,7 @@ impl Notifier for NotifierService {
             Ok(Some(n)) => {
                 self.store.durable().await?;
                 self.dispatcher.publish(&n);
+                self.dispatcher.finished(&n);
                 if let Ok(c) = self.store.get_connection(&n.connection) {
                     self.dispatcher.logs().event(
                         &n.connection,

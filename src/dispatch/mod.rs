@@ -25,6 +25,9 @@ use crate::{
     domain::{
         Backend as BackendSettings, Connection, Notification, NotificationId, Rejected, State,
     },
+    metrics::{
+        BackendErrorLabels, ConnectionLabels, Metrics, OutcomeLabels, QueueLabels, StateLabels,
+    },
     store::{Change, Store, StoreError, millis},
 };
 
@@ -72,6 +75,7 @@ impl Backends {
 pub struct Dispatcher {
     store: Arc<Store>,
     logs: Arc<ConnectionLogs>,
+    metrics: Arc<Metrics>,
     backends: Backends,
     config: DispatchConfig,
     scheduler: Mutex<Scheduler>,
@@ -94,6 +98,7 @@ impl Dispatcher {
     pub fn new(
         store: Arc<Store>,
         logs: Arc<ConnectionLogs>,
+        metrics: Arc<Metrics>,
         backends: Backends,
         config: DispatchConfig,
     ) -> Arc<Self> {
@@ -101,6 +106,7 @@ impl Dispatcher {
         Arc::new(Self {
             store,
             logs,
+            metrics,
             backends,
             config,
             scheduler: Mutex::new(Scheduler::default()),
@@ -121,6 +127,40 @@ impl Dispatcher {
 
     pub fn logs(&self) -> &ConnectionLogs {
         &self.logs
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a notification that reached a final state.
+    pub fn finished(&self, n: &Notification) {
+        let state = match n.state {
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+            State::Canceled => "canceled",
+            _ => return,
+        };
+        self.metrics
+            .finished
+            .get_or_create(&StateLabels {
+                connection: n.connection.clone(),
+                state: state.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the queue-depth gauges from the scheduler (at scrape time).
+    pub fn refresh_gauges(&self) {
+        let (waiting, sending, held) = self.scheduler().counts();
+        for (state, n) in [("waiting", waiting), ("sending", sending), ("held", held)] {
+            self.metrics
+                .queue_depth
+                .get_or_create(&QueueLabels {
+                    state: state.to_owned(),
+                })
+                .set(n as i64);
+        }
     }
 
     /// Loads every pending notification from the store. Attempts that a
@@ -456,8 +496,43 @@ impl Dispatcher {
             return Ok(Next::Done);
         };
         self.publish(&n);
+        self.finished(&n);
         let name = connection.name.as_str();
         let level = connection.log_level;
+        let outcome = match (&result, n.state) {
+            (Ok(_), _) => "delivered",
+            (Err(e), _) if e.kind == FailureKind::Transient => "transient",
+            _ => "permanent",
+        };
+        self.metrics
+            .attempts
+            .get_or_create(&OutcomeLabels {
+                connection: n.connection.clone(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if let Err(e) = &result {
+            self.metrics
+                .backend_errors
+                .get_or_create(&BackendErrorLabels {
+                    backend: connection.backend.kind().to_owned(),
+                    kind: match e.kind {
+                        FailureKind::Transient => "transient",
+                        FailureKind::Permanent => "permanent",
+                    }
+                    .to_owned(),
+                })
+                .inc();
+        }
+        if n.state == State::Delivered {
+            let latency = now.duration_since(n.create_time).unwrap_or_default();
+            self.metrics
+                .delivery_latency
+                .get_or_create(&ConnectionLabels {
+                    connection: n.connection.clone(),
+                })
+                .observe(latency.as_secs_f64());
+        }
         match n.state {
             State::Delivered => {
                 self.logs.event(name, level, Kind::Step, || {

@@ -131,6 +131,13 @@ impl Scheduler {
     pub fn total(&self) -> usize {
         self.total
     }
+
+    /// (waiting, in flight, held) across connections.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.queues.values().fold((0, 0, 0), |(w, f, h), q| {
+            (w + q.due.len(), f + q.in_flight, h + q.held.len())
+        })
+    }
 }
 
 #[cfg(test)]
