@@ -812,3 +812,35 @@ async fn mail_acknowledged_before_a_kill_9_is_delivered_after_the_restart() {
         );
     }
 }
+
+#[tokio::test]
+async fn final_notifications_are_purged_after_the_retention_window() {
+    let smtp = PyServer::smtp(&[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let app = TestApp::spawn_with(dir.path(), &["--retention", "1s"], &[]).await;
+    app.create_ok(relay("main", smtp.port)).await;
+    let mut req = send_request("main", message("a@example.com"));
+    req.idempotency_key = "purge-me".into();
+    let id = send_ok(&app, req.clone()).await;
+    wait_state(&app, &id, S::Delivered).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gone = app
+            .notifier
+            .clone()
+            .get_notification(pb::GetNotificationRequest { id: id.clone() })
+            .await
+            .is_err_and(|e| e.code() == Code::NotFound);
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "notification {id} was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its idempotency key went with it: the same key is a new notification.
+    let again = send_ok(&app, req).await;
+    assert_ne!(again, id);
+}

@@ -275,7 +275,10 @@ impl Dispatcher {
     /// recovered at the next start.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut attempts = JoinSet::new();
-        let mut purge = tokio::time::interval(Duration::from_secs(60));
+        // Purge at least twice per retention window (every minute at most).
+        let purge_every =
+            (self.config.retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut purge = tokio::time::interval(purge_every);
         loop {
             while attempts.try_join_next().is_some() {}
             let (work, next) = self
