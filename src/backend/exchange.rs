@@ -16,7 +16,6 @@
 //! by `ResponseCode`.
 
 mod http;
-mod ntlm;
 mod soap;
 mod tls;
 

@@ -5,6 +5,7 @@
 
 pub mod exchange;
 pub mod mime;
+pub mod ntlm;
 pub mod smtp;
 
 use std::time::Duration;

@@ -25,9 +25,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 
-use super::ntlm;
 use super::tls::{self, TlsFailure};
 use crate::backend::DeliveryError;
+use crate::backend::ntlm;
 use crate::domain::{ExchangeAuth, ExchangeSettings, Secret};
 
 /// Answers larger than this are not EWS answers to our requests (a

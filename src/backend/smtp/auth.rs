@@ -5,10 +5,7 @@
 //! (MS-SMTPNTLM, NTLMv2 messages from `sspi`) are exchanges lettre does not
 //! know; they run here line by line through `AsyncSmtpConnection::command`.
 
-use std::{
-    fmt,
-    panic::{AssertUnwindSafe, catch_unwind},
-};
+use std::fmt;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use hmac::{Hmac, KeyInit, Mac};
@@ -24,7 +21,10 @@ use super::{
     failure::{Failure, Stage},
     step,
 };
-use crate::domain::{SmtpAuth, SmtpSettings};
+use crate::{
+    backend::ntlm,
+    domain::{SmtpAuth, SmtpSettings},
+};
 
 /// The mechanisms notigate can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,8 +284,9 @@ async fn ntlm(
     domain: &str,
     password: &str,
 ) -> Result<(), Failure> {
-    let mut client = NtlmClient::new(user, domain, password)?;
-    let negotiate = B64.encode(client.negotiate()?);
+    let (handshake, negotiate) =
+        ntlm::Handshake::start(user, domain, password, None).map_err(ntlm_error)?;
+    let negotiate = B64.encode(negotiate);
     // MS-SMTPNTLM: the server answers `334 NTLM supported` (Exchange) or a
     // bare `334` (Cyrus); either way it then wants the NEGOTIATE message.
     // Sending NEGOTIATE as an initial response would save a round trip but
@@ -293,107 +294,9 @@ async fn ntlm(
     send(conn, "AUTH NTLM", "AUTH NTLM refused").await?;
     let response = send(conn, &negotiate, "AUTH NTLM refused the NEGOTIATE message").await?;
     let challenge = challenge(&response, "NTLM")?;
-    let authenticate = B64.encode(client.authenticate(&challenge)?);
+    let authenticate = B64.encode(handshake.respond(&challenge).map_err(ntlm_error)?);
     send(conn, &authenticate, "authentication rejected").await?;
     Ok(())
-}
-
-/// The NTLM account parts as the settings give them: `DOMAIN\user`,
-/// `user@domain`, or a plain user with the connection's `domain` field.
-/// The domain is upper-cased: Windows compares it case-insensitively, and
-/// Cyrus SASL (Postfix, Sendmail) computes NTLMv2 with it upper-cased, so
-/// only the upper-case form works everywhere.
-pub fn ntlm_account(user: &str, domain: &str) -> (String, String) {
-    if let Some((d, u)) = user.split_once('\\') {
-        return (u.to_owned(), d.to_uppercase());
-    }
-    if domain.is_empty()
-        && let Some((u, d)) = user.rsplit_once('@')
-    {
-        return (u.to_owned(), d.to_uppercase());
-    }
-    (user.to_owned(), domain.to_uppercase())
-}
-
-/// An NTLMv2 client context (sspi): NEGOTIATE, then AUTHENTICATE from the
-/// server's CHALLENGE. sspi computes the NTLMv2 response, the session key
-/// exchange and the MIC.
-struct NtlmClient {
-    ntlm: sspi::Ntlm,
-    credentials: Option<sspi::AuthIdentityBuffers>,
-}
-
-impl NtlmClient {
-    fn new(user: &str, domain: &str, password: &str) -> Result<Self, Failure> {
-        use sspi::Sspi as _;
-
-        let (account, domain) = ntlm_account(user, domain);
-        let username = sspi::Username::new_down_level_logon_name(&account, &domain)
-            .map_err(|e| ntlm_error(format!("the user name cannot be used for NTLM: {e}")))?;
-        let identity = sspi::AuthIdentity {
-            username,
-            password: password.to_owned().into(),
-        };
-        let mut ntlm = sspi::Ntlm::new();
-        let credentials = ntlm
-            .acquire_credentials_handle()
-            .with_credential_use(sspi::CredentialUse::Outbound)
-            .with_auth_data(&identity)
-            .execute(&mut ntlm)
-            .map_err(|e| ntlm_error(format!("NTLM credentials: {e}")))?
-            .credentials_handle;
-        Ok(Self { ntlm, credentials })
-    }
-
-    fn negotiate(&mut self) -> Result<Vec<u8>, Failure> {
-        self.step(None)
-    }
-
-    fn authenticate(&mut self, challenge: &[u8]) -> Result<Vec<u8>, Failure> {
-        self.step(Some(challenge))
-    }
-
-    fn step(&mut self, input: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
-        use sspi::{Sspi as _, SspiImpl as _};
-
-        // The CHALLENGE comes from the network; a parser panic on a hostile
-        // one must fail this attempt, not the worker that runs it.
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut input_buffers = input.map(|bytes| {
-                vec![sspi::SecurityBuffer::new(
-                    bytes.to_vec(),
-                    sspi::BufferType::Token,
-                )]
-            });
-            let mut output = vec![sspi::SecurityBuffer::new(
-                Vec::new(),
-                sspi::BufferType::Token,
-            )];
-            let mut builder = self
-                .ntlm
-                .initialize_security_context()
-                .with_credentials_handle(&mut self.credentials)
-                // Only authentication is wanted: no signing or sealing of
-                // the SMTP session afterwards.
-                .with_context_requirements(sspi::ClientRequestFlags::empty())
-                .with_target_data_representation(sspi::DataRepresentation::Native)
-                .with_output(&mut output);
-            if let Some(input) = input_buffers.as_mut() {
-                builder = builder.with_input(input);
-            }
-            self.ntlm
-                .initialize_security_context_impl(&mut builder)
-                .and_then(|mut generator| generator.resolve_to_result())?;
-            Ok::<_, sspi::Error>(std::mem::take(&mut output[0].buffer))
-        }));
-        match result {
-            Ok(Ok(token)) => Ok(token),
-            Ok(Err(e)) => Err(ntlm_error(format!("NTLM: {e}"))),
-            Err(_) => Err(ntlm_error(
-                "NTLM: the server's CHALLENGE message could not be processed".to_owned(),
-            )),
-        }
-    }
 }
 
 fn ntlm_error(message: String) -> Failure {
@@ -502,116 +405,5 @@ mod tests {
             cram_md5_digest("tanstaaftanstaaf", challenge),
             "b913a602c7eda7a495b4e6e7334d3890"
         );
-    }
-
-    #[test]
-    fn ntlm_accounts_accept_domain_backslash_user_and_upn() {
-        assert_eq!(
-            ntlm_account("corp\\alice", ""),
-            ("alice".into(), "CORP".into())
-        );
-        assert_eq!(
-            ntlm_account("alice@corp", ""),
-            ("alice".into(), "CORP".into())
-        );
-        assert_eq!(
-            ntlm_account("alice", "Corp"),
-            ("alice".into(), "CORP".into())
-        );
-        assert_eq!(ntlm_account("alice", ""), ("alice".into(), String::new()));
-        // With the domain field set, an @ belongs to the account name.
-        assert_eq!(
-            ntlm_account("alice@example.com", "CORP"),
-            ("alice@example.com".into(), "CORP".into())
-        );
-    }
-
-    /// A CHALLENGE as Windows sends it: extended session security, key
-    /// exchange, and target info with a timestamp (which obliges a MIC).
-    fn challenge_message() -> Vec<u8> {
-        let mut target_info = Vec::new();
-        for (id, value) in [
-            (2u16, utf16("CORP")),
-            (1, utf16("MAIL")),
-            (7, 0x01d9_0000_0000_0000u64.to_le_bytes().to_vec()),
-            (0, Vec::new()),
-        ] {
-            target_info.extend_from_slice(&id.to_le_bytes());
-            target_info.extend_from_slice(&(value.len() as u16).to_le_bytes());
-            target_info.extend_from_slice(&value);
-        }
-        let target_name = utf16("CORP");
-        let flags: u32 = 0x0000_0001 // UNICODE
-            | 0x0000_0004 // REQUEST_TARGET
-            | 0x0000_0200 // NTLM
-            | 0x0000_8000 // ALWAYS_SIGN
-            | 0x0001_0000 // TARGET_TYPE_DOMAIN
-            | 0x0008_0000 // EXTENDED_SESSIONSECURITY
-            | 0x0080_0000 // TARGET_INFO
-            | 0x0200_0000 // VERSION
-            | 0x2000_0000 // 128
-            | 0x4000_0000 // KEY_EXCH
-            | 0x8000_0000; // 56
-        let header_len = 56u32;
-        let mut m = b"NTLMSSP\0".to_vec();
-        m.extend_from_slice(&2u32.to_le_bytes());
-        m.extend_from_slice(&(target_name.len() as u16).to_le_bytes());
-        m.extend_from_slice(&(target_name.len() as u16).to_le_bytes());
-        m.extend_from_slice(&header_len.to_le_bytes());
-        m.extend_from_slice(&flags.to_le_bytes());
-        m.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]); // server challenge
-        m.extend_from_slice(&[0; 8]);
-        m.extend_from_slice(&(target_info.len() as u16).to_le_bytes());
-        m.extend_from_slice(&(target_info.len() as u16).to_le_bytes());
-        m.extend_from_slice(&(header_len + target_name.len() as u32).to_le_bytes());
-        m.extend_from_slice(&[10, 0, 0x63, 0x45, 0, 0, 0, 15]); // version
-        assert_eq!(m.len(), header_len as usize);
-        m.extend_from_slice(&target_name);
-        m.extend_from_slice(&target_info);
-        m
-    }
-
-    fn utf16(s: &str) -> Vec<u8> {
-        s.encode_utf16().flat_map(u16::to_le_bytes).collect()
-    }
-
-    /// A security buffer field (length, max length, offset) of an NTLM
-    /// message.
-    fn field(message: &[u8], at: usize) -> &[u8] {
-        let len = u16::from_le_bytes([message[at], message[at + 1]]) as usize;
-        let offset = u32::from_le_bytes(message[at + 4..at + 8].try_into().unwrap()) as usize;
-        &message[offset..offset + len]
-    }
-
-    #[test]
-    fn ntlm_answers_with_an_ntlmv2_response_and_a_mic() {
-        let mut client = NtlmClient::new("alice", "corp", "pw").unwrap();
-        client.negotiate().unwrap();
-        let authenticate = client.authenticate(&challenge_message()).unwrap();
-        assert_eq!(&authenticate[..8], b"NTLMSSP\0");
-        assert_eq!(authenticate[8], 3, "message type 3 (AUTHENTICATE)");
-        // NTLMv1 responses are exactly 24 bytes; NTLMv2 carries a blob.
-        assert!(
-            field(&authenticate, 20).len() > 24,
-            "NTLMv2 response expected"
-        );
-        assert_eq!(
-            field(&authenticate, 28),
-            utf16("CORP"),
-            "domain, upper-cased"
-        );
-        assert_eq!(field(&authenticate, 36), utf16("alice"));
-        // The MIC follows the version field (offset 72) and is not zero.
-        assert_ne!(&authenticate[72..88], &[0u8; 16], "MIC expected");
-    }
-
-    #[test]
-    fn ntlm_negotiate_is_an_ntlmssp_message() {
-        let mut client = NtlmClient::new("alice", "CORP", "pw").unwrap();
-        let negotiate = client.negotiate().unwrap();
-        assert_eq!(&negotiate[..8], b"NTLMSSP\0");
-        assert_eq!(negotiate[8], 1, "message type 1 (NEGOTIATE)");
-        // Garbage instead of a CHALLENGE fails cleanly, without a panic.
-        assert!(client.authenticate(b"not a challenge").is_err());
     }
 }
