@@ -548,6 +548,122 @@ fn an_unreachable_gateway_is_named_in_the_error() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_the_client_trusts_ca_cert_and_sends_the_bearer_token() {
+    use tonic::transport::{Identity, Server, ServerTlsConfig};
+    // A stand-in gateway: TLS with a certificate from a test CA, and a token
+    // check in front of every call. Calls that pass the check reach a server
+    // without ConnectionAdmin and are UNIMPLEMENTED.
+    let (ca_pem, cert_pem, key_pem) = test_pki();
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = write(files.path(), "ca.pem", &ca_pem);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("https://{}", listener.local_addr().unwrap());
+    let check = |request: tonic::Request<()>| match request.metadata().get("authorization") {
+        Some(v) if v == "Bearer ngt_test" => Ok(request),
+        _ => Err(tonic::Status::unauthenticated("missing or unknown token")),
+    };
+    let (_, health) = tonic_health::server::health_reporter();
+    let gateway = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
+        .expect("server TLS")
+        .layer(tonic::service::InterceptorLayer::new(check))
+        .add_service(health)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let gateway = tokio::spawn(gateway);
+
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["connection", "list"])
+                .args(args)
+                .env_remove("NOTIGATE_TOKEN")
+                .stdin(Stdio::null())
+                .output()
+                .expect("running notigate")
+        })
+    };
+    let args = |extra: &[&str]| {
+        let mut a = vec!["--server".to_owned(), server.clone()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let with_token = run(args(&["--ca-cert", &ca_file, "--token", "ngt_test"]))
+        .await
+        .unwrap();
+    assert!(
+        stderr(&with_token).starts_with("notigate: error: UNIMPLEMENTED: "),
+        "TLS and token accepted: {}",
+        describe(&with_token)
+    );
+    let without_token = run(args(&["--ca-cert", &ca_file])).await.unwrap();
+    assert!(
+        stderr(&without_token).starts_with("notigate: error: UNAUTHENTICATED: "),
+        "{}",
+        describe(&without_token)
+    );
+    let untrusted = run(args(&["--token", "ngt_test"])).await.unwrap();
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(
+        stderr(&untrusted).starts_with(&format!(
+            "notigate: error: cannot connect to notigate at {server}"
+        )),
+        "the test CA is not a public root: {}",
+        describe(&untrusted)
+    );
+    gateway.abort();
+}
+
+/// A test CA and a certificate it signed for 127.0.0.1: (CA PEM, server
+/// certificate PEM, server key PEM).
+fn test_pki() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "notigate CLI test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn ca_cert_problems_are_reported_before_any_call() {
+    let run = |server: &str, ca: &str| {
+        Command::new(BIN)
+            .args(["connection", "list", "--server", server, "--ca-cert", ca])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running notigate")
+    };
+    let missing = run("https://127.0.0.1:1", "/nonexistent/ca.pem");
+    assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
+    assert!(
+        stderr(&missing).starts_with("notigate: error: cannot read --ca-cert /nonexistent/ca.pem"),
+        "{}",
+        describe(&missing)
+    );
+    let plain = run("http://127.0.0.1:1", "/nonexistent/ca.pem");
+    assert_eq!(plain.status.code(), Some(1), "{}", describe(&plain));
+    assert!(
+        stderr(&plain).contains("--ca-cert needs an https:// --server"),
+        "{}",
+        describe(&plain)
+    );
+}
+
 #[test]
 fn token_create_stores_only_the_hash_and_prints_the_token_once() {
     let dir = tempfile::tempdir().unwrap();
