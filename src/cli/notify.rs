@@ -15,8 +15,6 @@ use crate::pb::{self, NotificationState};
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("body").required(true).multiple(true)))]
 pub struct SendArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// Connection to send through [default: the default connection].
     #[arg(long, value_name = "NAME")]
     pub connection: Option<String>,
@@ -69,12 +67,13 @@ pub struct SendArgs {
     /// one); exit code 1 when it is FAILED or CANCELED.
     #[arg(long)]
     pub wait: bool,
+    // Last: its help heading would otherwise carry over to the flags after it.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// Notification id, as `send` printed it.
     pub id: String,
     /// Print every state change until the final one; exit code 0 when
@@ -82,6 +81,8 @@ pub struct StatusArgs {
     /// line.
     #[arg(long)]
     pub watch: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 pub async fn send(args: SendArgs) -> Result<Outcome, CliError> {
