@@ -31,6 +31,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
+    /// Manage the outgoing mail connections on a running gateway.
+    Connection(crate::cli::ConnectionArgs),
+    /// Send an e-mail through a running gateway.
+    Send(crate::cli::SendArgs),
+    /// Show a notification's delivery state (--watch: follow it).
+    Status(crate::cli::StatusArgs),
+    /// Create bearer tokens for the server's --tokens-file.
+    Token(crate::cli::TokenArgs),
 }
 
 #[derive(Debug, Default, Args)]

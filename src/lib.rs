@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod connlog;
 pub mod dispatch;

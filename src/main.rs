@@ -1,4 +1,5 @@
-//! The `notigate` binary: parses the command line and hands over to the library.
+//! The `notigate` binary: parses the command line and hands over to the
+//! library: `serve` runs the gateway, the other commands are its client.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => run_serve(args),
+        Command::Connection(args) => return notigate::cli::connection(args),
+        Command::Send(args) => return notigate::cli::send(args),
+        Command::Status(args) => return notigate::cli::status(args),
+        Command::Token(args) => return notigate::cli::token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
