@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the README's grpcurl walk-through verbatim: every ```sh block between
-# the `walkthrough:start` and `walkthrough:end` markers, in order, in one
-# bash session, against a fresh gateway on the default address (started here
+# Runs the README's walk-throughs verbatim (grpcurl, then the CLI): every
+# ```sh block between `walkthrough:start` and `walkthrough:end` markers, in
+# order, in one bash session with the built `notigate` on PATH, against a fresh gateway on the default address (started here
 # from the built binary, as `cargo run --release -- serve` would) with a
 # fresh data directory. Fails on the first command that fails.
 set -euo pipefail
@@ -10,7 +10,7 @@ bin=${NOTIGATE_BIN:-$root/target/debug/notigate}
 work=$(mktemp -d)
 cleanup() {
   [ -n "${gw:-}" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
-  pkill -f "aiosmtpd -n -l 127.0.0.1:2525" 2>/dev/null || true
+  pkill -f "aiosmtpd -n -l 127.0.0.1:252[56]" 2>/dev/null || true
   [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -18,13 +18,15 @@ trap cleanup EXIT
 python3 - "$root/README.md" > "$work/walkthrough.sh" <<'PY'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
-section = text.split("<!-- walkthrough:start -->", 1)[1].split("<!-- walkthrough:end -->", 1)[0]
-blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+sections = [part.split("<!-- walkthrough:end -->", 1)[0]
+            for part in text.split("<!-- walkthrough:start -->")[1:]]
+blocks = [b for section in sections for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
 print("set -euxo pipefail")
 print("\n".join(blocks))
 PY
 
 cd "$work"
+export PATH="$(dirname "$bin"):$PATH"
 "$bin" serve > gateway.log 2>&1 &
 gw=$!
 for _ in $(seq 100); do
@@ -33,7 +35,7 @@ for _ in $(seq 100); do
 done
 grep -q "listening on" gateway.log || { cat gateway.log; exit 1; }
 if bash walkthrough.sh > walkthrough.out 2>&1; then
-  echo "README walk-through: all $(grep -c '^+ grpcurl' walkthrough.out) grpcurl calls succeeded"
+  echo "README walk-throughs: $(grep -c '^+ grpcurl' walkthrough.out) grpcurl and $(grep -c '^+ notigate' walkthrough.out) notigate commands succeeded"
 else
   cat walkthrough.out
   echo "--- gateway log ---"
