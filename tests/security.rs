@@ -149,6 +149,8 @@ impl Pki {
         std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
         std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
         Pki {
             dir,
             ca_pem: ca.pem(),
@@ -231,6 +233,33 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
             "served without a client certificate"
         )
     }
+    // The CLI client with and without its certificate.
+    let cli = |with_cert: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_notigate"));
+        cmd.args([
+            "connection",
+            "list",
+            "--server",
+            &format!("https://localhost:{}", addr.port()),
+        ])
+        .args(["--ca-cert", &ca]);
+        if with_cert {
+            cmd.args([
+                "--client-cert",
+                &pki.path("client.pem"),
+                "--client-key",
+                &pki.path("client.key"),
+            ]);
+        }
+        cmd.output().expect("notigate runs")
+    };
+    let out = cli(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cli(false).status.success());
 }
 
 #[tokio::test]

@@ -64,6 +64,13 @@ pub struct ClientArgs {
     /// certificate [default: the public web roots].
     #[arg(long, global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate for a gateway that requires one (mTLS; with
+    /// --client-key).
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// Why a client command failed.
@@ -201,22 +208,29 @@ impl Client {
             })?
             .connect_timeout(Duration::from_secs(10));
         if server.starts_with("https://") {
-            let tls = match &args.ca_cert {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|e| {
-                        CliError::input(format!("cannot read --ca-cert {}: {e}", path.display()))
-                    })?;
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
+            let read = |flag: &str, path: &PathBuf| {
+                std::fs::read(path).map_err(|e| {
+                    CliError::input(format!("cannot read {flag} {}: {e}", path.display()))
+                })
+            };
+            let mut tls = match &args.ca_cert {
+                Some(path) => ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read("--ca-cert", path)?)),
                 None => ClientTlsConfig::new()
                     .trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             };
+            if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read("--client-cert", cert)?,
+                    read("--client-key", key)?,
+                ));
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| CliError::input(format!("TLS settings: {}", error_chain(&e))))?;
-        } else if args.ca_cert.is_some() {
+        } else if args.ca_cert.is_some() || args.client_cert.is_some() {
             return Err(CliError::input(
-                "--ca-cert needs an https:// --server".to_string(),
+                "--ca-cert and --client-cert need an https:// --server".to_string(),
             ));
         }
         let authorization = match &args.token {
