@@ -1,7 +1,5 @@
 //! E-mail addresses (RFC 5322 addr-spec) and mailboxes with a display name.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::check_header_safe;
@@ -36,24 +34,7 @@ impl EmailAddress {
     }
 }
 
-impl TryFrom<String> for EmailAddress {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s)
-    }
-}
-
-impl From<EmailAddress> for String {
-    fn from(a: EmailAddress) -> String {
-        a.0
-    }
-}
-
-impl fmt::Display for EmailAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_type!(EmailAddress, 0);
 
 /// An address with an optional display name (any Unicode, Cyrillic included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

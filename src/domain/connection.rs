@@ -36,24 +36,7 @@ impl ConnectionName {
     }
 }
 
-impl TryFrom<String> for ConnectionName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s)
-    }
-}
-
-impl From<ConnectionName> for String {
-    fn from(n: ConnectionName) -> String {
-        n.0
-    }
-}
-
-impl fmt::Display for ConnectionName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_type!(ConnectionName, 0);
 
 /// A DNS host name (letters, digits, hyphens; dot-separated labels) or an IP
 /// address. IPv6 may be given with or without brackets.
@@ -103,24 +86,7 @@ impl HostName {
     }
 }
 
-impl TryFrom<String> for HostName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s)
-    }
-}
-
-impl From<HostName> for String {
-    fn from(h: HostName) -> String {
-        h.0
-    }
-}
-
-impl fmt::Display for HostName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_type!(HostName, 0);
 
 /// A password or token. Never printed: `Debug` shows `<redacted>`, and it is
 /// never serialized (the store seals it separately).
@@ -358,24 +324,7 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
     }
 }
 
-impl TryFrom<String> for ExchangeServer {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s)
-    }
-}
-
-impl From<ExchangeServer> for String {
-    fn from(s: ExchangeServer) -> String {
-        s.raw
-    }
-}
-
-impl fmt::Display for ExchangeServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.raw)
-    }
-}
+text_type!(ExchangeServer, raw);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExchangeSettings {

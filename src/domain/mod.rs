@@ -2,6 +2,32 @@
 //! layer parses wire messages into these once, at the edge, and the store,
 //! dispatcher and backends never re-check.
 
+/// A validated text type: (de)serialized as its text and re-validated by its
+/// `parse` when read back (`#[serde(try_from = "String", into = "String")]`),
+/// and displayed as its text.
+macro_rules! text_type {
+    ($t:ident, $field:tt) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.$field
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.$field)
+            }
+        }
+    };
+}
+
 mod address;
 mod connection;
 mod message;
