@@ -42,6 +42,14 @@ impl From<StoreError> for Status {
             StoreError::NotFound(_) => Status::not_found(e.to_string()),
             StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             StoreError::EtagMismatch { .. } => Status::aborted(e.to_string()),
+            StoreError::Full(_) => {
+                tracing::warn!(error = %e, "refused: the disk is full");
+                Status::resource_exhausted(e.to_string())
+            }
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %e, "store failure");
+                Status::unavailable(e.to_string())
+            }
             StoreError::Corrupt { .. } | StoreError::Database(_) => {
                 tracing::error!(error = %e, "store failure");
                 Status::internal(e.to_string())

@@ -75,7 +75,7 @@ pub enum OpenError {
     WrongKey(PathBuf),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("connection {0:?} not found")]
     NotFound(String),
@@ -89,11 +89,30 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("database error: {0}")]
     Database(String),
+    /// The file system of the data directory is (nearly) full: nothing new
+    /// is accepted until space returns. Mail already accepted keeps going
+    /// out within the space held back for it.
+    #[error("the disk of the data directory is full: {0}")]
+    Full(String),
+    /// The database cannot write (an I/O error); the state on disk is intact.
+    #[error("the database cannot write right now: {0}")]
+    Unavailable(String),
 }
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Database(e.to_string())
+        match &e {
+            sled::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                StoreError::Full(e.to_string())
+            }
+            sled::Error::Io(_) => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        }
     }
 }
 
@@ -242,7 +261,30 @@ impl Store {
 
     /// Waits until every write made so far is durable.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.flusher.flush().await.map_err(StoreError::Database)
+        self.flusher.flush().await
+    }
+
+    /// Refuses new data of about `bytes` when the data directory's file
+    /// system would be left with less than the space held back for the
+    /// mail already accepted (its state changes until delivery): a quarter
+    /// of the file system, at most 256 MiB. sled treats a failed write as fatal
+    /// for the open database, so the disk must never fill up under it.
+    pub fn check_space(&self, bytes: u64) -> Result<(), StoreError> {
+        let Some((free, total)) = disk_space(&self.data_dir) else {
+            return Ok(());
+        };
+        let reserve = (total / 4).min(256 * 1024 * 1024);
+        // sled appends every write to its log: count it twice for the
+        // rewrite when its segment is cleaned.
+        let needed = bytes.saturating_mul(2).saturating_add(reserve);
+        if free < needed {
+            return Err(StoreError::Full(format!(
+                "{free} bytes free in {}, {needed} needed to accept {bytes} more bytes and keep \
+                 {reserve} for the mail already accepted; try again when space is freed",
+                self.data_dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Flushes synchronously; for shutdown.
@@ -496,6 +538,27 @@ fn check_etag(expected: Option<&str>, current: &str) -> Result<(), StoreError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Free bytes (for unprivileged users) and total bytes of the file system
+/// holding `path`.
+fn disk_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stat points to
+    // memory for one statvfs, which the call fills when it returns 0.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stat = unsafe { stat.assume_init() };
+    let block = stat.f_frsize as u64;
+    Some((
+        (stat.f_bavail as u64).saturating_mul(block),
+        (stat.f_blocks as u64).saturating_mul(block),
+    ))
 }
 
 fn new_etag() -> String {
