@@ -185,6 +185,12 @@ impl Store {
             }
         }
         let db_path = data_dir.join("db");
+        if !check_path.exists() && db_path.exists() {
+            // No key check beside a database: a first start that stopped
+            // half-way, or someone else's database. Opening sled writes
+            // (recovery, a snapshot), so look at a copy first.
+            probe_unmarked(data_dir, &db_path)?;
+        }
         let db = sled::Config::new()
             .path(&db_path)
             .open()
@@ -193,21 +199,8 @@ impl Store {
             path: data_dir.to_owned(),
             reason: e.to_string(),
         };
-        // Empty trees do not count: a first start that failed after creating
-        // `meta` must not make the directory look foreign.
-        let had_trees = !db.is_empty()
-            || db.tree_names().iter().any(|name| {
-                name.as_ref() != b"__sled__default"
-                    && db.open_tree(name).map(|t| !t.is_empty()).unwrap_or(true)
-            });
+        check_format(&db, data_dir)?;
         let meta = db.open_tree("meta").map_err(db_err)?;
-        let formatted = meta.get(FORMAT_KEY).map_err(db_err)?;
-        match formatted.as_deref() {
-            Some(FORMAT) => {}
-            Some(_) => return Err(OpenError::Foreign(data_dir.to_owned())),
-            None if had_trees => return Err(OpenError::Foreign(data_dir.to_owned())),
-            None => {}
-        }
         let key_check = meta.get(KEY_CHECK_KEY).map_err(db_err)?;
         let loaded = seal::load_key(key, data_dir, key_check.is_none())?;
         let sealer = Sealer::from_key(&loaded.key);
@@ -524,6 +517,91 @@ impl Store {
                 TransactionError::Storage(e) => StoreError::from(e),
             })
     }
+}
+
+/// Refuses a database that is not notigate's. Empty trees do not count: a
+/// first start that failed after creating `meta` must not make the
+/// directory look foreign.
+fn check_format(db: &sled::Db, data_dir: &Path) -> Result<(), OpenError> {
+    let db_err = |e: sled::Error| OpenError::Database {
+        path: data_dir.to_owned(),
+        reason: e.to_string(),
+    };
+    let had_trees = !db.is_empty()
+        || db.tree_names().iter().any(|name| {
+            name.as_ref() != b"__sled__default"
+                && db.open_tree(name).map(|t| !t.is_empty()).unwrap_or(true)
+        });
+    let meta = db.open_tree("meta").map_err(db_err)?;
+    match meta.get(FORMAT_KEY).map_err(db_err)?.as_deref() {
+        Some(FORMAT) => Ok(()),
+        Some(_) => Err(OpenError::Foreign(data_dir.to_owned())),
+        None if had_trees => Err(OpenError::Foreign(data_dir.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The largest database without a key check that is looked at: a first
+/// start that stopped half-way leaves a few KiB.
+const PROBE_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Checks a database that has no key check beside it on a copy, so that a
+/// foreign one is refused without a byte of it changed.
+fn probe_unmarked(data_dir: &Path, db_path: &Path) -> Result<(), OpenError> {
+    let io_err = |what: &str, e: std::io::Error| OpenError::Database {
+        path: data_dir.to_owned(),
+        reason: format!("{what}: {e}"),
+    };
+    let mut files = Vec::new();
+    let mut size = 0u64;
+    let mut pending = vec![db_path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).map_err(|e| io_err("reading the database", e))? {
+            let entry = entry.map_err(|e| io_err("reading the database", e))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| io_err("reading the database", e))?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else {
+                size += entry
+                    .metadata()
+                    .map_err(|e| io_err("reading the database", e))?
+                    .len();
+                files.push(entry.path());
+            }
+        }
+    }
+    if size > PROBE_LIMIT {
+        return Err(OpenError::Foreign(data_dir.to_owned()));
+    }
+    let mut suffix = [0u8; 8];
+    rand::rng().fill_bytes(&mut suffix);
+    let copy = std::env::temp_dir().join(format!(
+        "notigate-probe-{}-{}",
+        std::process::id(),
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let result = (|| {
+        for file in &files {
+            let relative = file.strip_prefix(db_path).unwrap_or(file);
+            let target = copy.join(relative);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| io_err("copying the database", e))?;
+            }
+            fs::copy(file, &target).map_err(|e| io_err("copying the database", e))?;
+        }
+        let db = sled::Config::new()
+            .path(&copy)
+            .open()
+            .map_err(|e| open_error(data_dir, e))?;
+        check_format(&db, data_dir)
+    })();
+    let _ = fs::remove_dir_all(&copy);
+    result
 }
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
