@@ -265,3 +265,113 @@ async fn a_disk_filled_by_someone_else_refuses_send_and_a_restart_recovers_every
         .await
         .expect("Send after the restart");
 }
+
+/// Starts on `dir`, which must be refused with exactly one error line that
+/// names the directory, leaving every file byte for byte as it was.
+async fn assert_refused_untouched(dir: &Path, what: &str) -> String {
+    let before = common::read_tree(dir);
+    let failure = common::start_must_fail(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let errors = failure.error_lines();
+    assert_eq!(errors.len(), 1, "{what}: {}", failure.stderr);
+    assert!(!failure.stderr.contains("panicked"), "{}", failure.stderr);
+    assert!(
+        errors[0].contains(dir.to_str().unwrap()),
+        "{what}: the error names the directory: {}",
+        errors[0]
+    );
+    let after = common::read_tree(dir);
+    let changed: Vec<_> = before
+        .iter()
+        .filter(|(path, bytes)| after.get(*path) != Some(*bytes))
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    let added: Vec<_> = after
+        .keys()
+        .filter(|path| !before.contains_key(*path))
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        changed.is_empty() && added.is_empty(),
+        "{what}: changed {changed:?}, added {added:?}"
+    );
+    errors[0].to_owned()
+}
+
+#[tokio::test]
+async fn a_sled_database_of_another_program_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("dir");
+    {
+        let db = sled::open(dir.path().join("db")).expect("a foreign sled db");
+        db.open_tree("users")
+            .and_then(|t| t.insert("alice", "admin"))
+            .expect("foreign data");
+        db.flush().expect("flush");
+    }
+    let error = assert_refused_untouched(dir.path(), "foreign sled database").await;
+    assert!(error.contains("not a notigate data directory"), "{error}");
+}
+
+#[tokio::test]
+async fn a_database_of_garbage_bytes_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("db")).unwrap();
+    let garbage: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.path().join("db/db"), &garbage).unwrap();
+    std::fs::write(dir.path().join("db/conf"), &garbage[..512]).unwrap();
+    assert_refused_untouched(dir.path(), "garbage database").await;
+}
+
+#[tokio::test]
+async fn a_truncated_database_is_one_clear_error_or_opens_without_a_panic() {
+    // A notigate data dir whose database file lost its tail (a copy cut
+    // short): either one clear error, or a start that serves.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut app = TestApp::spawn_with(dir.path(), &[], &[]).await;
+    app.create_ok(relay("later", free_port(), Duration::from_secs(5)))
+        .await;
+    let id = app
+        .notifier
+        .clone()
+        .send(send_request("later", message("a@example.com", "kept")))
+        .await
+        .expect("Send")
+        .into_inner()
+        .id;
+    let _ = app.stop().await;
+    let db = dir.path().join("db/db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    match TestApp::try_spawn_with(dir.path(), &[], &[]).await {
+        Err(failure) => {
+            println!(
+                "a truncated database is refused: {:?}",
+                failure.error_lines()
+            );
+            assert_eq!(failure.error_lines().len(), 1, "{}", failure.stderr);
+            assert!(!failure.stderr.contains("panicked"), "{}", failure.stderr);
+        }
+        Ok(app) => {
+            let got = app
+                .notifier
+                .clone()
+                .get_notification(notigate::pb::GetNotificationRequest { id })
+                .await;
+            println!("a truncated database opened; the notification: {got:?}");
+            assert!(!app.stderr().contains("panicked"), "{}", app.stderr());
+        }
+    }
+}
