@@ -477,3 +477,29 @@ async fn header_injection_attempts_are_refused_naming_the_header() {
     assert_eq!(store_view(&app).await, before);
     assert_no_panic(&app);
 }
+
+#[tokio::test]
+async fn bodies_holding_smtp_terminators_arrive_intact() {
+    // A line with a lone "." ends DATA unless the client dot-stuffs it.
+    let sink = PyServer::smtp(&[]);
+    let app = TestApp::spawn().await;
+    app.create_ok(relay("main", sink.port, Duration::from_secs(10)))
+        .await;
+    let body = "first\n.\nthird\r\n.\r\n..fifth\r\n.";
+    let mut m = message("a@example.com", "dots");
+    m.text_body = body.into();
+    let id = send(&app, send_request("main", m)).await.expect("Send").id;
+    wait_state(&app, &id, S::Delivered, Duration::from_secs(30)).await;
+    let got = sink.wait_received(1);
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(got[0]["data_b64"].as_str().unwrap())
+        .unwrap();
+    let parsed = common::servers::parse_mime(&raw);
+    let text = parsed["tree"]["text"].as_str().unwrap_or_default();
+    assert_eq!(
+        text.replace("\r\n", "\n").trim_end_matches('\n'),
+        body.replace("\r\n", "\n"),
+        "{parsed}"
+    );
+    assert_no_panic(&app);
+}

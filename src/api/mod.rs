@@ -8,7 +8,7 @@ mod message;
 mod notifier;
 
 pub use admin::AdminService;
-pub use message::MessageLimits;
+pub use message::{MessageError, MessageLimits, parse_message};
 pub use notifier::{NotifierService, SendLimits};
 
 use tonic::{Code, Status};
