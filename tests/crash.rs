@@ -24,7 +24,7 @@ use std::{
 
 use common::{
     TestApp,
-    reliability::{Load, SpoolCounter, all_notifications, relay, wait_settled},
+    reliability::{Load, SpoolCounter, all_notifications, relay, report, wait_settled},
     servers::PyServer,
 };
 use notigate::pb::NotificationState as S;
@@ -163,15 +163,15 @@ async fn kill_9_at_random_moments_loses_no_acknowledged_mail() {
         before = at_kill.clone();
     }
     println!("duplicates per kill: {per_kill:?}");
-    println!(
+    report(&format!(
         "RELIABILITY crash: cycles={cycles} acknowledged={} delivered_messages={} lost={} duplicates={duplicates} \
-         max_copies={max_copies} unacknowledged_but_delivered={unacked_delivered} failed_calls={refused_total} \
+         max_copies={max_copies} duplicates_per_kill={per_kill:?} unacknowledged_but_delivered={unacked_delivered} failed_calls={refused_total} \
          states={states:?} seed={seed} elapsed={:.1?}",
         acked_total.len(),
         spool.total,
         missing.len(),
         started.elapsed()
-    );
+    ));
     assert!(
         missing.is_empty(),
         "{} acknowledged notifications were never delivered, e.g. {:?}",
@@ -223,12 +223,12 @@ async fn sigterm_under_load_drains_cleanly_without_duplicates_or_loss() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     spool.refresh();
     let duplicates: usize = spool.counts().values().map(|c| c - 1).sum();
-    println!(
+    report(&format!(
         "RELIABILITY sigterm: acknowledged={} delivered_messages={} lost={} duplicates={duplicates} states={states:?}",
         acked.len(),
         spool.total,
         missing.len()
-    );
+    ));
     assert!(missing.is_empty(), "lost: {missing:?}");
     assert_eq!(duplicates, 0, "a clean drain delivers nothing twice");
     assert_eq!(
@@ -270,12 +270,12 @@ async fn mail_reported_delivered_is_not_sent_again_after_a_kill_9() {
         .iter()
         .filter(|id| spool.counts().get(*id).copied().unwrap_or(0) > 1)
         .collect();
-    println!(
+    report(&format!(
         "RELIABILITY delivered-then-kill: acknowledged={} reported_delivered_before_kill={} resent_after_restart={}",
         acked.len(),
         delivered_seen.len(),
         resent.len()
-    );
+    ));
     assert!(missing.is_empty(), "lost: {missing:?}");
     assert!(
         resent.is_empty(),

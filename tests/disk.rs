@@ -16,7 +16,7 @@ use std::{
 
 use common::{
     TestApp,
-    reliability::{SpoolCounter, free_port, message, relay, send_request, wait_settled},
+    reliability::{SpoolCounter, free_port, message, relay, report, send_request, wait_settled},
     servers::PyServer,
 };
 use tonic::Code;
@@ -196,12 +196,12 @@ async fn an_outbox_filling_its_disk_refuses_send_delivers_what_it_accepted_and_r
     assert_eq!(duplicates, 0);
     let log = app.stderr();
     assert!(!log.contains("panicked"), "{log}");
-    println!(
+    report(&format!(
         "RELIABILITY disk-full: accepted={} refused={} delivered={} lost=0 duplicates={duplicates}",
         accepted.len() + 1,
         refusals.len(),
         spool.total
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

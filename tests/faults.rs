@@ -21,7 +21,8 @@ use std::{
 use common::{
     TestApp,
     reliability::{
-        SpoolCounter, free_port, get, message, relay, send_request, wait_settled, wait_state,
+        SpoolCounter, free_port, get, message, relay, report, send_request, wait_settled,
+        wait_state,
     },
     servers::PyServer,
 };
@@ -117,7 +118,9 @@ async fn a_4xx_on_every_nth_message_is_retried_and_everything_arrives_once() {
     spool.refresh();
     assert_eq!(spool.total, 40);
     assert_eq!(spool.counts().len(), 40, "each message exactly once");
-    println!("RELIABILITY 4xx-every-4th: messages=40 attempts={attempts} delivered_once=40");
+    report(&format!(
+        "RELIABILITY 4xx-every-4th: messages=40 attempts={attempts} delivered_once=40"
+    ));
 }
 
 #[tokio::test]
@@ -182,9 +185,9 @@ async fn a_stalled_server_times_out_while_a_healthy_connection_keeps_flowing() {
     let mut spool = SpoolCounter::new(stalling.spool_dir());
     spool.refresh();
     assert_eq!((spool.total, spool.counts().len()), (8, 8));
-    println!(
+    report(&format!(
         "RELIABILITY stall: stalled=8 timeout=1s healthy_delivered=20 in {healthy_done:?}, stalled delivered after {elapsed:?}"
-    );
+    ));
 }
 
 #[tokio::test]
@@ -274,11 +277,11 @@ async fn a_server_down_then_back_drains_its_backlog_with_exponential_spacing() {
         checked += 1;
     }
     assert!(checked >= 4, "too few retries observed: {seen:?}");
-    println!(
+    report(&format!(
         "RELIABILITY outage: backlog=20 outage=4s attempts_during_outage={} healthy_delivered_during_outage={} drained_in={drained_in:?} duplicates=0",
         during.attempts,
         flowing.len()
-    );
+    ));
 }
 
 #[tokio::test]
@@ -487,7 +490,7 @@ async fn an_ews_server_busy_storm_is_ridden_out_honouring_back_off() {
     let codes = fake.create_items();
     let sent: Vec<_> = codes.iter().filter(|(_, c)| c == "NoError").collect();
     assert_eq!(sent.len(), 3, "{codes:?}");
-    println!("RELIABILITY ews-busy: messages=3 busy_faults=6 back_off_ms=700 delivered_once=3");
+    report("RELIABILITY ews-busy: messages=3 busy_faults=6 back_off_ms=700 delivered_once=3");
 }
 
 #[tokio::test]

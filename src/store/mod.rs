@@ -620,6 +620,8 @@ fn check_etag(expected: Option<&str>, current: &str) -> Result<(), StoreError> {
 
 /// Free bytes (for unprivileged users) and total bytes of the file system
 /// holding `path`.
+// The statvfs field types differ between platforms (u32 or u64).
+#[allow(clippy::unnecessary_cast)]
 fn disk_space(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;

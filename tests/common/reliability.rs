@@ -322,3 +322,21 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Prints a measured line and appends it to `<target dir>/reliability-measured.txt`,
+/// which `.ci/run` shows after the tests (README "Delivery guarantee —
+/// measured" quotes these lines).
+pub fn report(line: &str) {
+    println!("{line}");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("reliability-measured.txt"))
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
