@@ -8,7 +8,7 @@ mod message;
 mod notifier;
 
 pub use admin::AdminService;
-pub use message::MessageLimits;
+pub use message::{MessageError, MessageLimits, parse_message};
 pub use notifier::{NotifierService, SendLimits};
 
 use tonic::{Code, Status};
@@ -16,9 +16,38 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{domain::Violations, store::StoreError};
 
-/// `INVALID_ARGUMENT` with a `BadRequest` detail naming every bad field.
-pub fn invalid(violations: Violations) -> Status {
-    let message = violations.to_string();
+/// Most field violations one status carries. The status travels in HTTP/2
+/// trailers (message and details both): a request with thousands of bad
+/// recipients would otherwise produce a trailer block that the client
+/// refuses as a protocol error, closing the whole connection.
+const MAX_VIOLATIONS: usize = 20;
+/// Longest description kept per violation, in bytes.
+const MAX_DESCRIPTION: usize = 300;
+
+fn shortened(mut text: String) -> String {
+    if text.len() > MAX_DESCRIPTION {
+        let mut end = MAX_DESCRIPTION;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// `INVALID_ARGUMENT` with a `BadRequest` detail naming every bad field (the
+/// first [`MAX_VIOLATIONS`] of them; the message says how many more).
+pub fn invalid(mut violations: Violations) -> Status {
+    let more = violations.0.len().saturating_sub(MAX_VIOLATIONS);
+    violations.0.truncate(MAX_VIOLATIONS);
+    for v in &mut violations.0 {
+        v.description = shortened(std::mem::take(&mut v.description));
+    }
+    let mut message = violations.to_string();
+    if more > 0 {
+        message.push_str(&format!(" (and {more} more violations)"));
+    }
     let details = ErrorDetails::with_bad_request(
         violations
             .0
@@ -42,6 +71,14 @@ impl From<StoreError> for Status {
             StoreError::NotFound(_) => Status::not_found(e.to_string()),
             StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             StoreError::EtagMismatch { .. } => Status::aborted(e.to_string()),
+            StoreError::Full(_) => {
+                tracing::warn!(error = %e, "refused: the disk is full");
+                Status::resource_exhausted(e.to_string())
+            }
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %e, "store failure");
+                Status::unavailable(e.to_string())
+            }
             StoreError::Corrupt { .. } | StoreError::Database(_) => {
                 tracing::error!(error = %e, "store failure");
                 Status::internal(e.to_string())

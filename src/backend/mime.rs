@@ -23,7 +23,7 @@
 use std::time::SystemTime;
 
 use lettre::message::{
-    Attachment as LettreAttachment, Mailbox as LettreMailbox, MultiPart, SinglePart,
+    Attachment as LettreAttachment, MultiPart, SinglePart,
     header::{ContentType, HeaderName, HeaderValue},
 };
 
@@ -82,19 +82,28 @@ pub fn build(message: &OutgoingMessage) -> Result<BuiltMessage, BuildError> {
         )?;
         header_safe("attachment content_type", &a.content_type)?;
     }
+    // Subject and address headers are encoded here rather than by lettre,
+    // which writes ASCII text as it is: a subject or display name holding a
+    // literal "=?utf-8?b?...?=" then shows the recipient other words than
+    // the sender wrote, and a display name such as "." or ".a" is not a
+    // valid phrase (parsers reject the whole header).
     let mut builder = lettre::Message::builder()
-        .from(mailbox("from", &message.from)?)
-        .subject(message.subject.clone())
         .message_id(Some(message.message_id()))
-        .date(SystemTime::now());
-    for m in &message.to {
-        builder = builder.to(mailbox("to", m)?);
-    }
-    for m in &message.cc {
-        builder = builder.cc(mailbox("cc", m)?);
-    }
-    for m in &message.reply_to {
-        builder = builder.reply_to(mailbox("reply_to", m)?);
+        .date(SystemTime::now())
+        .raw_header(address_header(
+            "From",
+            "from",
+            std::slice::from_ref(&message.from),
+        )?)
+        .raw_header(subject_header(&message.subject));
+    for (name, field, list) in [
+        ("To", "to", &message.to),
+        ("Cc", "cc", &message.cc),
+        ("Reply-To", "reply_to", &message.reply_to),
+    ] {
+        if !list.is_empty() {
+            builder = builder.raw_header(address_header(name, field, list)?);
+        }
     }
 
     // lettre would derive the envelope from To/Cc/Bcc headers; giving it
@@ -119,10 +128,7 @@ pub fn build(message: &OutgoingMessage) -> Result<BuiltMessage, BuildError> {
                 name: name.clone(),
                 reason: e.to_string(),
             })?;
-        // HeaderValue::new encodes anything outside printable ASCII (CR and
-        // LF included) as an RFC 2047 encoded word and folds long values, so
-        // a value can never start a new header line.
-        builder = builder.raw_header(HeaderValue::new(header_name, value));
+        builder = builder.raw_header(text_header(header_name, value));
     }
 
     let email = match body(message)? {
@@ -255,10 +261,90 @@ fn address(field: &'static str, m: &Mailbox) -> Result<lettre::Address, BuildErr
         })
 }
 
-fn mailbox(field: &'static str, m: &Mailbox) -> Result<LettreMailbox, BuildError> {
-    header_safe(field, &m.display_name)?;
-    let name = (!m.display_name.trim().is_empty()).then(|| m.display_name.clone());
-    Ok(LettreMailbox::new(name, address(field, m)?))
+/// Whether a display name can be written as it is: words of ASCII letters,
+/// digits, `-` and `_` (all atext) separated by single spaces.
+fn plain_phrase(s: &str) -> bool {
+    !s.starts_with(' ')
+        && !s.ends_with(' ')
+        && !s.contains("  ")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'-' | b'_'))
+}
+
+/// Whether a subject can be written as it is: printable ASCII without an
+/// encoded-word opener and without whitespace at either end (which readers
+/// drop).
+fn plain_text(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !s.contains("=?")
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
+}
+
+/// `s` as RFC 2047 encoded words (UTF-8, base64), one per folded line, each
+/// at most 45 bytes of text (72 characters encoded).
+fn encoded_words(s: &str) -> String {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let mut words = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(45);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        words.push(format!("=?utf-8?b?{}?=", STANDARD.encode(&rest[..end])));
+        rest = &rest[end..];
+    }
+    words.join("\r\n ")
+}
+
+fn subject_header(subject: &str) -> HeaderValue {
+    text_header(
+        HeaderName::new_from_ascii_str("Subject"),
+        subject.to_owned(),
+    )
+}
+
+/// An unstructured header: as it is when that reads back the same (lettre
+/// folds long ASCII text at its spaces), else encoded words — never a line
+/// break of the value's own, so a value cannot start a header line.
+fn text_header(name: HeaderName, value: String) -> HeaderValue {
+    if plain_text(&value) {
+        return HeaderValue::new(name, value);
+    }
+    let encoded = encoded_words(&value);
+    HeaderValue::dangerous_new_pre_encoded(name, value, encoded)
+}
+
+/// An address-list header (From, To, Cc, Reply-To), one mailbox per folded
+/// line. lettre parses the raw value (bare addresses) when it checks for
+/// From; the encoded value is what is written.
+fn address_header(
+    name: &'static str,
+    field: &'static str,
+    list: &[Mailbox],
+) -> Result<HeaderValue, BuildError> {
+    let mut raw = Vec::new();
+    let mut encoded = Vec::new();
+    for m in list {
+        header_safe(field, &m.display_name)?;
+        let addr = address(field, m)?;
+        let addr: &str = addr.as_ref();
+        let display = m.display_name.as_str();
+        encoded.push(if display.trim().is_empty() {
+            addr.to_owned()
+        } else if plain_phrase(display) {
+            format!("{display} <{addr}>")
+        } else {
+            format!("{} <{addr}>", encoded_words(display))
+        });
+        raw.push(addr.to_owned());
+    }
+    Ok(HeaderValue::dangerous_new_pre_encoded(
+        HeaderName::new_from_ascii_str(name),
+        raw.join(", "),
+        encoded.join(",\r\n "),
+    ))
 }
 
 #[cfg(test)]

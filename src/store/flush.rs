@@ -8,7 +8,9 @@ use std::{fs::File, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot};
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+use super::StoreError;
+
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
 #[derive(Clone, Debug)]
 pub struct Flusher {
@@ -29,13 +31,12 @@ impl Flusher {
                 let db = db.clone();
                 let file = db_file.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    db.flush()
-                        .map_err(|e| format!("flushing the database: {e}"))?;
+                    db.flush().map_err(StoreError::from)?;
                     file.sync_data()
-                        .map_err(|e| format!("syncing the database file: {e}"))
+                        .map_err(|e| StoreError::from(sled::Error::Io(e)))
                 })
                 .await
-                .unwrap_or_else(|e| Err(format!("flush task failed: {e}")))
+                .unwrap_or_else(|e| Err(StoreError::Database(format!("flush task failed: {e}"))))
                 .map(|_| ());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "database flush failed");
@@ -49,12 +50,10 @@ impl Flusher {
     }
 
     /// Waits until everything written before this call is on disk.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let closed = || StoreError::Unavailable("the database is shutting down".into());
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(tx)
-            .map_err(|_| "the database is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the database is shutting down".to_string())?
+        self.tx.send(tx).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 }

@@ -75,7 +75,7 @@ pub enum OpenError {
     WrongKey(PathBuf),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("connection {0:?} not found")]
     NotFound(String),
@@ -89,11 +89,30 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("database error: {0}")]
     Database(String),
+    /// The file system of the data directory is (nearly) full: nothing new
+    /// is accepted until space returns. Mail already accepted keeps going
+    /// out within the space held back for it.
+    #[error("the disk of the data directory is full: {0}")]
+    Full(String),
+    /// The database cannot write (an I/O error); the state on disk is intact.
+    #[error("the database cannot write right now: {0}")]
+    Unavailable(String),
 }
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Database(e.to_string())
+        match &e {
+            sled::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                StoreError::Full(e.to_string())
+            }
+            sled::Error::Io(_) => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        }
     }
 }
 
@@ -166,6 +185,12 @@ impl Store {
             }
         }
         let db_path = data_dir.join("db");
+        if !check_path.exists() && db_path.exists() {
+            // No key check beside a database: a first start that stopped
+            // half-way, or someone else's database. Opening sled writes
+            // (recovery, a snapshot), so look at a copy first.
+            probe_unmarked(data_dir, &db_path)?;
+        }
         let db = sled::Config::new()
             .path(&db_path)
             .open()
@@ -174,21 +199,8 @@ impl Store {
             path: data_dir.to_owned(),
             reason: e.to_string(),
         };
-        // Empty trees do not count: a first start that failed after creating
-        // `meta` must not make the directory look foreign.
-        let had_trees = !db.is_empty()
-            || db.tree_names().iter().any(|name| {
-                name.as_ref() != b"__sled__default"
-                    && db.open_tree(name).map(|t| !t.is_empty()).unwrap_or(true)
-            });
+        check_format(&db, data_dir)?;
         let meta = db.open_tree("meta").map_err(db_err)?;
-        let formatted = meta.get(FORMAT_KEY).map_err(db_err)?;
-        match formatted.as_deref() {
-            Some(FORMAT) => {}
-            Some(_) => return Err(OpenError::Foreign(data_dir.to_owned())),
-            None if had_trees => return Err(OpenError::Foreign(data_dir.to_owned())),
-            None => {}
-        }
         let key_check = meta.get(KEY_CHECK_KEY).map_err(db_err)?;
         let loaded = seal::load_key(key, data_dir, key_check.is_none())?;
         let sealer = Sealer::from_key(&loaded.key);
@@ -242,7 +254,30 @@ impl Store {
 
     /// Waits until every write made so far is durable.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.flusher.flush().await.map_err(StoreError::Database)
+        self.flusher.flush().await
+    }
+
+    /// Refuses new data of about `bytes` when the data directory's file
+    /// system would be left with less than the space held back for the
+    /// mail already accepted (its state changes until delivery): a quarter
+    /// of the file system, at most 256 MiB. sled treats a failed write as fatal
+    /// for the open database, so the disk must never fill up under it.
+    pub fn check_space(&self, bytes: u64) -> Result<(), StoreError> {
+        let Some((free, total)) = disk_space(&self.data_dir) else {
+            return Ok(());
+        };
+        let reserve = (total / 4).min(256 * 1024 * 1024);
+        // sled appends every write to its log: count it twice for the
+        // rewrite when its segment is cleaned.
+        let needed = bytes.saturating_mul(2).saturating_add(reserve);
+        if free < needed {
+            return Err(StoreError::Full(format!(
+                "{free} bytes free in {}, {needed} needed to accept {bytes} more bytes and keep \
+                 {reserve} for the mail already accepted; try again when space is freed",
+                self.data_dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Flushes synchronously; for shutdown.
@@ -484,6 +519,91 @@ impl Store {
     }
 }
 
+/// Refuses a database that is not notigate's. Empty trees do not count: a
+/// first start that failed after creating `meta` must not make the
+/// directory look foreign.
+fn check_format(db: &sled::Db, data_dir: &Path) -> Result<(), OpenError> {
+    let db_err = |e: sled::Error| OpenError::Database {
+        path: data_dir.to_owned(),
+        reason: e.to_string(),
+    };
+    let had_trees = !db.is_empty()
+        || db.tree_names().iter().any(|name| {
+            name.as_ref() != b"__sled__default"
+                && db.open_tree(name).map(|t| !t.is_empty()).unwrap_or(true)
+        });
+    let meta = db.open_tree("meta").map_err(db_err)?;
+    match meta.get(FORMAT_KEY).map_err(db_err)?.as_deref() {
+        Some(FORMAT) => Ok(()),
+        Some(_) => Err(OpenError::Foreign(data_dir.to_owned())),
+        None if had_trees => Err(OpenError::Foreign(data_dir.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The largest database without a key check that is looked at: a first
+/// start that stopped half-way leaves a few KiB.
+const PROBE_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Checks a database that has no key check beside it on a copy, so that a
+/// foreign one is refused without a byte of it changed.
+fn probe_unmarked(data_dir: &Path, db_path: &Path) -> Result<(), OpenError> {
+    let io_err = |what: &str, e: std::io::Error| OpenError::Database {
+        path: data_dir.to_owned(),
+        reason: format!("{what}: {e}"),
+    };
+    let mut files = Vec::new();
+    let mut size = 0u64;
+    let mut pending = vec![db_path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).map_err(|e| io_err("reading the database", e))? {
+            let entry = entry.map_err(|e| io_err("reading the database", e))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| io_err("reading the database", e))?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else {
+                size += entry
+                    .metadata()
+                    .map_err(|e| io_err("reading the database", e))?
+                    .len();
+                files.push(entry.path());
+            }
+        }
+    }
+    if size > PROBE_LIMIT {
+        return Err(OpenError::Foreign(data_dir.to_owned()));
+    }
+    let mut suffix = [0u8; 8];
+    rand::rng().fill_bytes(&mut suffix);
+    let copy = std::env::temp_dir().join(format!(
+        "notigate-probe-{}-{}",
+        std::process::id(),
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let result = (|| {
+        for file in &files {
+            let relative = file.strip_prefix(db_path).unwrap_or(file);
+            let target = copy.join(relative);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| io_err("copying the database", e))?;
+            }
+            fs::copy(file, &target).map_err(|e| io_err("copying the database", e))?;
+        }
+        let db = sled::Config::new()
+            .path(&copy)
+            .open()
+            .map_err(|e| open_error(data_dir, e))?;
+        check_format(&db, data_dir)
+    })();
+    let _ = fs::remove_dir_all(&copy);
+    result
+}
+
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(e))
 }
@@ -496,6 +616,29 @@ fn check_etag(expected: Option<&str>, current: &str) -> Result<(), StoreError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Free bytes (for unprivileged users) and total bytes of the file system
+/// holding `path`.
+// The statvfs field types differ between platforms (u32 or u64).
+#[allow(clippy::unnecessary_cast)]
+fn disk_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stat points to
+    // memory for one statvfs, which the call fills when it returns 0.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stat = unsafe { stat.assume_init() };
+    let block = stat.f_frsize as u64;
+    Some((
+        (stat.f_bavail as u64).saturating_mul(block),
+        (stat.f_blocks as u64).saturating_mul(block),
+    ))
 }
 
 fn new_etag() -> String {

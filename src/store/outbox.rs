@@ -120,9 +120,12 @@ impl Store {
     /// Adds a new notification and its message in one atomic batch. Not yet
     /// durable: await [`Store::durable`] before acknowledging.
     pub fn enqueue(&self, n: &Notification, message: &OutgoingMessage) -> Result<(), StoreError> {
+        let notification = encode(n);
+        let message = encode(message);
+        self.check_space((notification.len() + message.len()) as u64)?;
         let mut batch = sled::Batch::default();
-        batch.insert(&key(b'n', &n.id), encode(n));
-        batch.insert(&key(b'm', &n.id), encode(message));
+        batch.insert(&key(b'n', &n.id), notification);
+        batch.insert(&key(b'm', &n.id), message);
         let due = n.next_attempt_time.unwrap_or(n.create_time);
         batch.insert(&key(b'p', &n.id), pending_value(due, &n.connection));
         batch.insert(conn_key(&n.connection, &n.id), &[n.state.code()]);

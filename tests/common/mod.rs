@@ -7,6 +7,7 @@
 // Each test crate uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod reliability;
 pub mod servers;
 
 use std::{

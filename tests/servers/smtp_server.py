@@ -192,6 +192,9 @@ class Handler:
         self.fail_rcpt = {a.lower() for a in args.fail_rcpt}
         self.disconnects_left = args.disconnect_in_data_first
         self.tempfails_left = args.tempfail_first
+        self.stalls_left = args.stall_first
+        self.tempfail_every = args.tempfail_every
+        self._data_count = 0
         self.reject_all_data = args.reject_all_data
         self.advertise_auth = bool(args.auth)
         self._cram_counter = itertools.count(1)
@@ -299,14 +302,21 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope):
-        # Faults apply in sequence: first the disconnects, then the
-        # temporary failures, then normal behaviour.
+        # Faults apply in sequence: first the disconnects, then the stalls,
+        # then the temporary failures, then normal behaviour.
+        self._data_count += 1
         if self.disconnects_left > 0:
             self.disconnects_left -= 1
             log.info("dropping the connection after DATA (fault injection)")
             await drop_connection(server)
+        if self.stalls_left > 0:
+            self.stalls_left -= 1
+            log.info("stalling after DATA (fault injection)")
+            await stall_until_closed()
         if self.tempfails_left > 0:
             self.tempfails_left -= 1
+            return REPLY_TEMPFAIL
+        if self.tempfail_every and self._data_count % self.tempfail_every == 0:
             return REPLY_TEMPFAIL
         if self.reject_all_data:
             return REPLY_DATA_REJECTED
@@ -350,6 +360,12 @@ async def drop_connection(server: SMTP) -> None:
     await asyncio.get_running_loop().create_future()
 
 
+async def stall_until_closed() -> None:
+    """Never reply: the session hangs until the client gives up and closes
+    the connection (connection_lost() then cancels the session task)."""
+    await asyncio.get_running_loop().create_future()
+
+
 # --------------------------------------------------------------------------
 # Start-up
 
@@ -376,6 +392,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="the first N DATA commands get 451 4.3.0")
     p.add_argument("--disconnect-in-data-first", type=int, default=0, metavar="N",
                    help="drop the connection after the first N messages' content, before replying")
+    p.add_argument("--tempfail-every", type=int, default=0, metavar="N",
+                   help="every Nth message (counted across sessions, faulted ones included) gets 451 4.3.0")
+    p.add_argument("--stall-first", type=int, default=0, metavar="N",
+                   help="the first N messages: no reply after the content until the client closes")
     p.add_argument("--greeting-421", action="store_true", help="greet every connection with 421 and close it")
     p.add_argument("--reject-all-data", action="store_true", help="DATA gets 554 5.7.1")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-v info, -vv debug)")

@@ -373,6 +373,30 @@ def test_faults_apply_in_sequence(start):
     assert len(s.records()) == 1
 
 
+def test_tempfail_every_nth_message(start):
+    s = start("--tempfail-every", "3")
+    codes = []
+    for _ in range(7):
+        try:
+            send(s)
+            codes.append(250)
+        except smtplib.SMTPDataError as e:
+            codes.append(e.smtp_code)
+    assert codes == [250, 250, 451, 250, 250, 451, 250]
+    assert len(s.records()) == 5
+
+
+def test_stall_first_never_replies_then_recovers(start):
+    s = start("--stall-first", "1")
+    c = smtplib.SMTP("127.0.0.1", s.port, local_hostname="client.test", timeout=1)
+    with pytest.raises((TimeoutError, smtplib.SMTPServerDisconnected, OSError)):
+        send(s, c)
+    c.close()
+    assert s.records() == []
+    send(s)
+    assert len(s.records()) == 1
+
+
 def test_greeting_421(start):
     s = start("--greeting-421")
     for _ in range(2):
