@@ -658,7 +658,7 @@ fn ca_cert_problems_are_reported_before_any_call() {
     let plain = run("http://127.0.0.1:1", "/nonexistent/ca.pem");
     assert_eq!(plain.status.code(), Some(1), "{}", describe(&plain));
     assert!(
-        stderr(&plain).contains("--ca-cert needs an https:// --server"),
+        stderr(&plain).contains("--ca-cert and --client-cert need an https:// --server"),
         "{}",
         describe(&plain)
     );
