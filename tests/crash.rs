@@ -114,9 +114,11 @@ async fn kill_9_at_random_moments_loses_no_acknowledged_mail() {
         let log = app.stderr();
         let acked = std::mem::take(&mut *acked.lock().unwrap());
         assert_clean_log(&log, &format!("cycle {cycle}"));
-        // What the sink holds at the kill; a message received again later
-        // was delivered before this kill and re-sent after it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // What the sink holds at the kill (after a moment for a message
+        // whose content arrived before the kill to be spooled); a message
+        // received again later was delivered before this kill and re-sent
+        // after it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         spool.refresh();
         received_by_kill.push(spool.counts().keys().cloned().collect::<HashSet<_>>());
         println!(

@@ -272,13 +272,16 @@ fn plain_phrase(s: &str) -> bool {
 }
 
 /// Whether a subject can be written as it is: printable ASCII without an
-/// encoded-word opener and without whitespace at either end (which readers
-/// drop).
+/// encoded-word opener, without whitespace at either end (which readers
+/// drop), and without a run longer than a line (lettre folds only at
+/// spaces; a longer run would make a line over RFC 5322's 998 octets, which
+/// servers refuse).
 fn plain_text(s: &str) -> bool {
     s.bytes().all(|b| (0x20..0x7f).contains(&b))
         && !s.contains("=?")
         && !s.starts_with(' ')
         && !s.ends_with(' ')
+        && s.split(' ').all(|word| word.len() <= 76)
 }
 
 /// `s` as RFC 2047 encoded words (UTF-8, base64), one per folded line, each
@@ -595,6 +598,19 @@ mod tests {
         let text = built(&m);
         assert_eq!(text.matches('\n').count(), text.matches("\r\n").count());
         assert_eq!(text.matches('\r').count(), text.matches("\r\n").count());
+    }
+
+    #[test]
+    fn long_unbroken_subjects_and_values_are_folded() {
+        let mut m = message();
+        m.subject = "x".repeat(1200);
+        m.headers = vec![("X-Long".into(), "y".repeat(1500))];
+        let text = built(&m);
+        assert!(
+            text.split("\r\n").all(|l| l.len() <= 998),
+            "a line is too long"
+        );
+        assert!(headers_of(&text).contains("Subject: =?utf-8?b?"));
     }
 
     #[test]

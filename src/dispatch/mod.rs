@@ -498,6 +498,16 @@ impl Dispatcher {
         let Ok(Some(n)) = finished else {
             return Ok(Next::Done);
         };
+        if n.state.is_final() {
+            // The attempt stays in flight (its slot held) until its outcome
+            // is on disk: a crash before this point sends the message again,
+            // after it never. Without the wait, a crash while only
+            // deliveries run (no Send forcing a flush) re-sent everything
+            // delivered since sled's last periodic flush.
+            if let Err(e) = self.store.durable().await {
+                tracing::error!(%id, error = %e, "the outcome of an attempt could not be made durable");
+            }
+        }
         self.publish(&n);
         self.finished(&n);
         let name = connection.name.as_str();
