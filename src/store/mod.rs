@@ -221,7 +221,7 @@ impl Store {
             path: data_dir.to_owned(),
             reason: format!("opening the database file for syncing: {e}"),
         })?;
-        let flusher = Flusher::start(db.clone(), db_file);
+        let flusher = Flusher::start(db.clone(), outbox.clone(), db_file);
         Ok(Opened {
             store: Store {
                 db,

@@ -117,19 +117,21 @@ impl Store {
         }
     }
 
-    /// Adds a new notification and its message in one atomic batch. Not yet
-    /// durable: await [`Store::durable`] before acknowledging.
+    /// Adds a new notification and its message, atomically, with the next
+    /// group commit: neither written nor visible until [`Store::durable`]
+    /// returns, which the caller must await before acknowledging.
     pub fn enqueue(&self, n: &Notification, message: &OutgoingMessage) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(&key(b'n', &n.id), encode(n));
-        batch.insert(&key(b'm', &n.id), encode(message));
         let due = n.next_attempt_time.unwrap_or(n.create_time);
-        batch.insert(&key(b'p', &n.id), pending_value(due, &n.connection));
-        batch.insert(conn_key(&n.connection, &n.id), &[n.state.code()]);
+        let mut writes = vec![
+            (key(b'n', &n.id).to_vec(), encode(n)),
+            (key(b'm', &n.id).to_vec(), encode(message)),
+            (key(b'p', &n.id).to_vec(), pending_value(due, &n.connection)),
+            (conn_key(&n.connection, &n.id), vec![n.state.code()]),
+        ];
         if !n.idempotency_key.is_empty() {
-            batch.insert(idem_key(&n.idempotency_key), &n.id.0);
+            writes.push((idem_key(&n.idempotency_key), n.id.0.to_vec()));
         }
-        self.outbox.apply_batch(batch)?;
+        self.flusher.stage(writes);
         Ok(())
     }
 
