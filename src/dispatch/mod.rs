@@ -12,7 +12,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, broadcast, watch},
+    sync::{Notify, broadcast, mpsc, watch},
     task::JoinSet,
 };
 
@@ -20,7 +20,7 @@ pub use retry::RetryPolicy;
 use scheduler::Scheduler;
 
 use crate::{
-    backend::{Backend, DeliveryError, FailureKind},
+    backend::{Backend, Delivery, DeliveryError, FailureKind},
     domain::{
         Backend as BackendSettings, Connection, Notification, NotificationId, Rejected, State,
     },
@@ -83,6 +83,18 @@ enum Next {
     Retry(SystemTime),
     Hold,
 }
+
+/// An attempt that ended, on its way to the finisher, which records a
+/// whole group of them in one store transaction.
+struct Finished {
+    connection: String,
+    claimed: Notification,
+    /// The outer error: the stored message could not be read.
+    result: Result<Result<Delivery, DeliveryError>, StoreError>,
+}
+
+/// After a store failure during an attempt, try again this much later.
+const STORE_RETRY: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     millis(SystemTime::now())
@@ -216,17 +228,24 @@ impl Dispatcher {
     /// Runs until `stop` turns true, then waits up to the grace period for
     /// attempts in flight. Unfinished ones stay SENDING in the store and are
     /// recovered at the next start.
+    ///
+    /// Store writes are grouped: the notifications taken in one round are
+    /// claimed (SENDING) in one transaction, and the attempts that ended
+    /// while the finisher was busy are recorded in one transaction.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut attempts = JoinSet::new();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+        let finisher = tokio::spawn(self.clone().finish_loop(done_rx));
         let mut purge = tokio::time::interval(Duration::from_secs(60));
         loop {
             while attempts.try_join_next().is_some() {}
             let (work, next) = self
                 .scheduler()
                 .take_ready(now_ms(), self.config.connection_concurrency);
-            for (connection, id) in work {
+            for (connection, claimed) in self.claim(work) {
                 let this = self.clone();
-                attempts.spawn(async move { this.attempt(connection, id).await });
+                let done = done_tx.clone();
+                attempts.spawn(async move { this.attempt(connection, claimed, done).await });
             }
             let sleep = next
                 .map(|due| due.saturating_sub(now_ms()))
@@ -251,8 +270,13 @@ impl Dispatcher {
                     "attempts still running at the end of the grace period; they will be retried at the next start"
                 );
                 attempts.abort_all();
+                while attempts.join_next().await.is_some() {}
             }
         }
+        // Every attempt has ended or was aborted, so every sender is gone
+        // once ours is: the finisher records what was sent, then stops.
+        drop(done_tx);
+        let _ = finisher.await;
     }
 
     fn purge(&self) {
@@ -276,38 +300,52 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(self: Arc<Self>, connection: String, id: NotificationId) {
-        let next = match self.try_attempt(&connection, id).await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(%id, error = %e, "store failure during an attempt; retrying in 5 s");
-                Next::Retry(SystemTime::now() + Duration::from_secs(5))
-            }
-        };
-        {
-            let mut s = self.scheduler();
-            s.finish(&connection);
-            match next {
-                Next::Done => {}
-                Next::Retry(at) => s.push(&connection, millis(at), id),
-                Next::Hold => s.hold(&connection, id),
-            }
+    /// An attempt ended: the notification leaves the scheduler, or comes
+    /// back for a retry, or waits for its connection to be enabled.
+    fn settle(&self, connection: &str, id: NotificationId, next: Next) {
+        let mut s = self.scheduler();
+        s.finish(connection);
+        match next {
+            Next::Done => {}
+            Next::Retry(at) => s.push(connection, millis(at), id),
+            Next::Hold => s.hold(connection, id),
         }
-        self.wake.notify_one();
     }
 
-    async fn try_attempt(&self, name: &str, id: NotificationId) -> Result<Next, StoreError> {
+    /// Claims the work taken from the scheduler: QUEUED/RETRYING become
+    /// SENDING (attempts + 1) in one transaction. Returns what is to be
+    /// sent now; everything else is settled here.
+    fn claim(&self, work: Vec<(String, NotificationId)>) -> Vec<(Connection, Notification)> {
+        if work.is_empty() {
+            return Vec::new();
+        }
         let now = SystemTime::now();
-        let connection = match self.store.get_connection(name) {
-            Ok(v) => Some(v.connection),
-            Err(StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let claimed = self.store.transition(&id, |n| {
-            Ok::<_, ()>(if !matches!(n.state, State::Queued | State::Retrying) {
-                Change::Keep
-            } else {
-                match &connection {
+        let mut connections: std::collections::HashMap<&str, Option<Connection>> =
+            std::collections::HashMap::new();
+        let mut store_failed = None;
+        for (name, _) in &work {
+            if connections.contains_key(name.as_str()) {
+                continue;
+            }
+            let c = match self.store.get_connection(name) {
+                Ok(v) => Some(v.connection),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => {
+                    store_failed = Some(e);
+                    break;
+                }
+            };
+            connections.insert(name, c);
+        }
+        let ids: Vec<NotificationId> = work.iter().map(|(_, id)| *id).collect();
+        let claimed = match store_failed {
+            Some(e) => Err(e),
+            None => self.store.transition_each(&ids, |i, n| {
+                let name = work[i].0.as_str();
+                if !matches!(n.state, State::Queued | State::Retrying) {
+                    return Change::Keep;
+                }
+                match connections.get(name).and_then(Option::as_ref) {
                     None => Change::Write(Notification {
                         state: State::Failed,
                         last_error: format!("connection {name:?} no longer exists"),
@@ -324,58 +362,125 @@ impl Dispatcher {
                         ..n.clone()
                     }),
                 }
-            })
-        })?;
-        let Ok(Some(n)) = claimed else {
-            return Ok(Next::Done);
+            }),
         };
-        match (&connection, n.state) {
-            (Some(c), State::Queued | State::Retrying) if c.disabled => {
-                tracing::debug!(%id, connection = name, "connection disabled; holding");
-                Ok(Next::Hold)
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, count = work.len(), "store failure while claiming notifications; retrying in 5 s");
+                for (name, id) in &work {
+                    self.settle(name, *id, Next::Retry(now + STORE_RETRY));
+                }
+                self.wake.notify_one();
+                return Vec::new();
             }
-            (Some(c), State::Sending) => {
-                self.publish(&n);
-                let c = c.clone();
-                self.deliver(c, n).await
-            }
-            _ => {
-                self.publish(&n);
-                Ok(Next::Done)
+        };
+        let mut out = Vec::new();
+        let mut settled = false;
+        for ((name, id), n) in work.iter().zip(claimed) {
+            let Some(n) = n else {
+                self.settle(name, *id, Next::Done);
+                settled = true;
+                continue;
+            };
+            match (
+                connections.get(name.as_str()).and_then(Option::as_ref),
+                n.state,
+            ) {
+                (Some(c), State::Queued | State::Retrying) if c.disabled => {
+                    tracing::debug!(%id, connection = %name, "connection disabled; holding");
+                    self.settle(name, *id, Next::Hold);
+                    settled = true;
+                }
+                (Some(c), State::Sending) => {
+                    self.publish(&n);
+                    out.push((c.clone(), n));
+                }
+                _ => {
+                    self.publish(&n);
+                    self.settle(name, *id, Next::Done);
+                    settled = true;
+                }
             }
         }
+        if settled {
+            // Slots were freed: the run loop looks again.
+            self.wake.notify_one();
+        }
+        out
     }
 
-    async fn deliver(
-        &self,
+    /// Sends one claimed notification and hands the outcome to the finisher.
+    async fn attempt(
+        self: Arc<Self>,
         connection: Connection,
         claimed: Notification,
-    ) -> Result<Next, StoreError> {
-        let id = claimed.id;
-        let result = match self.store.get_message(&id)? {
-            None => Err(DeliveryError::permanent(
+        done: mpsc::UnboundedSender<Finished>,
+    ) {
+        let result = match self.store.get_message(&claimed.id) {
+            Err(e) => Err(e),
+            Ok(None) => Ok(Err(DeliveryError::permanent(
                 "the stored message is missing; it cannot be sent",
-            )),
-            Some(mut message) => {
+            ))),
+            Ok(Some(mut message)) => {
                 // The connection's current sender: edits apply to the next attempt.
                 message.from = connection.sender.clone();
                 let backend = self.backends.for_connection(&connection);
-                match tokio::time::timeout(
-                    self.config.attempt_timeout,
-                    backend.send(&connection, &message),
+                Ok(
+                    match tokio::time::timeout(
+                        self.config.attempt_timeout,
+                        backend.send(&connection, &message),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(DeliveryError::transient(format!(
+                            "the attempt did not finish within {:?}",
+                            self.config.attempt_timeout
+                        ))),
+                    },
                 )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(DeliveryError::transient(format!(
-                        "the attempt did not finish within {:?}",
-                        self.config.attempt_timeout
-                    ))),
-                }
             }
         };
+        let finished = Finished {
+            connection: connection.name.to_string(),
+            claimed,
+            result,
+        };
+        if let Err(mpsc::error::SendError(f)) = done.send(finished) {
+            // No finisher (cannot happen while `run` lives): leave it to
+            // the next start, as an interrupted attempt.
+            self.settle(&f.connection, f.claimed.id, Next::Done);
+        }
+    }
+
+    /// Records ended attempts, as many at once as have queued up.
+    async fn finish_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Finished>) {
+        while let Some(first) = done.recv().await {
+            let mut group = vec![first];
+            while let Ok(f) = done.try_recv() {
+                group.push(f);
+            }
+            self.finish(group);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The final (or retrying) state of each ended attempt, in one
+    /// transaction; then the watchers and the scheduler hear of it.
+    fn finish(&self, group: Vec<Finished>) {
         let now = SystemTime::now();
-        let age = now.duration_since(claimed.create_time).unwrap_or_default();
+        let mut sent = Vec::with_capacity(group.len());
+        for f in group {
+            match f.result {
+                Ok(result) => sent.push((f.connection, f.claimed, result)),
+                Err(e) => {
+                    tracing::error!(id = %f.claimed.id, error = %e, "store failure during an attempt; retrying in 5 s");
+                    self.settle(&f.connection, f.claimed.id, Next::Retry(now + STORE_RETRY));
+                }
+            }
+        }
+        let ids: Vec<NotificationId> = sent.iter().map(|(_, c, _)| c.id).collect();
         let retry = &self.config.retry;
         let rejected = |list: &[crate::backend::RejectedRecipient]| -> Vec<Rejected> {
             list.iter()
@@ -385,19 +490,21 @@ impl Dispatcher {
                 })
                 .collect()
         };
-        let finished = self.store.transition(&id, |n| {
+        let written = self.store.transition_each(&ids, |i, n| {
+            let (_, claimed, result) = &sent[i];
+            let age = now.duration_since(claimed.create_time).unwrap_or_default();
             let mut next = Notification {
                 update_time: now,
                 next_attempt_time: None,
                 ..n.clone()
             };
-            match &result {
+            match result {
                 Ok(d) => {
                     next.state = State::Delivered;
                     next.provider_message_id = d.provider_message_id.clone();
                     next.rejected = rejected(&d.rejected);
                 }
-                Err(_) if n.state != State::Sending => return Ok::<_, ()>(Change::Keep),
+                Err(_) if n.state != State::Sending => return Change::Keep,
                 Err(e) => {
                     next.rejected = rejected(&e.rejected);
                     match e.kind {
@@ -423,27 +530,42 @@ impl Dispatcher {
                     }
                 }
             }
-            Ok(Change::Write(next))
-        })?;
-        let Ok(Some(n)) = finished else {
-            return Ok(Next::Done);
+            Change::Write(next)
+        });
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, count = sent.len(), "store failure recording attempts; retrying in 5 s");
+                for (connection, claimed, _) in &sent {
+                    self.settle(connection, claimed.id, Next::Retry(now + STORE_RETRY));
+                }
+                return;
+            }
         };
-        self.publish(&n);
-        match n.state {
-            State::Delivered => {
-                tracing::debug!(%id, connection = %n.connection, attempts = n.attempts, "delivered")
+        for ((connection, claimed, _), n) in sent.iter().zip(written) {
+            let id = claimed.id;
+            let Some(n) = n else {
+                self.settle(connection, id, Next::Done);
+                continue;
+            };
+            self.publish(&n);
+            match n.state {
+                State::Delivered => {
+                    tracing::debug!(%id, connection = %n.connection, attempts = n.attempts, "delivered")
+                }
+                State::Failed => {
+                    tracing::warn!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery failed")
+                }
+                State::Retrying => {
+                    tracing::info!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery will be retried")
+                }
+                _ => {}
             }
-            State::Failed => {
-                tracing::warn!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery failed")
-            }
-            State::Retrying => {
-                tracing::info!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery will be retried")
-            }
-            _ => {}
+            let next = match (n.state, n.next_attempt_time) {
+                (State::Retrying, Some(at)) => Next::Retry(at),
+                _ => Next::Done,
+            };
+            self.settle(connection, id, next);
         }
-        Ok(match (n.state, n.next_attempt_time) {
-            (State::Retrying, Some(at)) => Next::Retry(at),
-            _ => Next::Done,
-        })
     }
 }
