@@ -491,6 +491,26 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Bytes a process caused to be written to storage (`/proc/PID/io`).
+fn write_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("write_bytes:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3, utime 14, stime 15 (1-based).
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Proportional set size (shared pages split among their users), so that a
 /// sum over processes counts shared libraries once.
 fn pss_kb(pid: u32) -> Option<u64> {
@@ -1125,11 +1145,19 @@ async fn notigate_run(args: &Args, workload: &Arc<Workload>) -> Result<Row> {
         .unwrap_or(0)
         .max(sampler.as_ref().map_or(0, |s| s.peak_kb()));
     let mut r = row("notigate", &load, &sink, delivered, peak);
+    let per_msg = |v: Option<f64>, scale: f64| {
+        v.map(|v| format!("{:.1}", v * scale / load.ok.max(1) as f64))
+            .unwrap_or_else(|| "?".into())
+    };
+    let pid = server.as_ref().map(Server::pid);
     r.note = format!(
-        "{}{}connection concurrency {}",
+        "{}{}connection concurrency {}, {} SMTP sessions; server CPU {} ms/msg, wrote {} KB/msg",
         r.note,
         if r.note.is_empty() { "" } else { "; " },
-        args.connection_concurrency
+        args.connection_concurrency,
+        sink.stats.sessions.load(Ordering::Relaxed),
+        per_msg(pid.and_then(cpu_seconds), 1000.0),
+        per_msg(pid.and_then(write_bytes).map(|b| b as f64), 1.0 / 1024.0),
     );
     drop(sampler);
     if let Some(s) = server {
