@@ -96,6 +96,8 @@ struct Args {
     skip_postfix: bool,
     #[arg(long)]
     skip_ceiling: bool,
+    /// Skip the main notigate run (the latency and backlog phases have
+    /// their own switches).
     #[arg(long)]
     skip_notigate: bool,
     /// Offered rate of the Send latency phase (0 = skip).
@@ -1018,12 +1020,26 @@ impl Postfix {
 
 struct Report {
     lines: Vec<String>,
+    /// Print lines as they come (the final report); else they are progress
+    /// on stderr and printed with the report at the end.
+    echo: bool,
 }
 
 impl Report {
+    fn new(echo: bool) -> Self {
+        Report {
+            lines: Vec::new(),
+            echo,
+        }
+    }
+
     fn say(&mut self, line: impl Into<String>) {
         let line = line.into();
-        println!("{line}");
+        if self.echo {
+            println!("{line}");
+        } else {
+            eprintln!("[bench] {line}");
+        }
         self.lines.push(line);
     }
 }
@@ -1391,7 +1407,7 @@ fn machine() -> String {
 async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.work_dir)?;
     let workload = Arc::new(Workload::new(&args));
-    let mut report = Report { lines: Vec::new() };
+    let mut report = Report::new(true);
     report.say(format!(
         "notigate-bench: {} messages of {} B text{}, concurrency {}{}; machine: {}",
         args.messages,
@@ -1413,7 +1429,7 @@ async fn run(args: Args) -> Result<()> {
     report.say("");
     let mut notes = Vec::new();
     if !args.skip_ceiling {
-        let mut r = Report { lines: Vec::new() };
+        let mut r = Report::new(false);
         sink_ceiling(&args, &workload, &mut r).await?;
         notes.extend(r.lines);
     }
@@ -1425,13 +1441,13 @@ async fn run(args: Args) -> Result<()> {
     if !args.skip_postfix {
         rows.push(postfix_run(&args, &workload).await?);
     }
-    if !args.skip_notigate && args.latency_rate > 0.0 && args.target.is_none() {
-        let mut r = Report { lines: Vec::new() };
+    if args.latency_rate > 0.0 && args.target.is_none() {
+        let mut r = Report::new(false);
         latency_run(&args, &workload, &mut r).await?;
         notes.extend(r.lines);
     }
-    if !args.skip_notigate && args.backlog > 0 && args.target.is_none() {
-        let mut r = Report { lines: Vec::new() };
+    if args.backlog > 0 && args.target.is_none() {
+        let mut r = Report::new(false);
         backlog_disk = backlog_run(&args, &workload, &mut r).await?;
         notes.extend(r.lines);
     }
