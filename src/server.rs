@@ -16,7 +16,10 @@ use tonic_health::ServingStatus;
 use crate::{
     api::{AdminService, NotifierService},
     auth::{Role, Tokens},
-    backend::{exchange::ExchangeBackend, smtp::SmtpBackend},
+    backend::{
+        exchange::ExchangeBackend,
+        smtp::{PoolConfig, SmtpBackend},
+    },
     config::{Config, TlsFiles},
     connlog::ConnectionLogs,
     dispatch::{Backends, Dispatcher},
@@ -39,9 +42,15 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
-fn backends() -> Backends {
+fn backends(config: &Config) -> Backends {
+    // Keep as many sessions as may be busy at once: a smaller pool closes
+    // and reopens sessions under load.
+    let pool = PoolConfig {
+        max_idle_per_connection: config.dispatch.connection_concurrency.max(1),
+        ..PoolConfig::default()
+    };
     Backends {
-        smtp: Arc::new(SmtpBackend::new()),
+        smtp: Arc::new(SmtpBackend::with_pool_config(pool)),
         exchange: Arc::new(ExchangeBackend::new()),
     }
 }
@@ -89,7 +98,7 @@ pub async fn serve(
         store.clone(),
         logs,
         metrics.clone(),
-        backends(),
+        backends(&config),
         config.dispatch.clone(),
     );
     let recovered = dispatcher.recover().context("loading the outbox")?;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, broadcast, watch},
+    sync::{Notify, broadcast, mpsc, watch},
     task::JoinSet,
 };
 
@@ -20,7 +20,7 @@ pub use retry::RetryPolicy;
 use scheduler::Scheduler;
 
 use crate::{
-    backend::{Backend, DeliveryError, FailureKind},
+    backend::{Backend, Delivery, DeliveryError, FailureKind},
     connlog::{ConnectionLogs, Kind, describe},
     domain::{
         Backend as BackendSettings, Connection, Notification, NotificationId, Rejected, State,
@@ -89,6 +89,20 @@ enum Next {
     Retry(SystemTime),
     Hold,
 }
+
+/// An attempt that ended, on its way to the finisher, which records a
+/// whole group of them in one store transaction.
+struct Finished {
+    connection: Connection,
+    claimed: Notification,
+    /// The outer error: the stored message could not be read.
+    result: Result<Result<Delivery, DeliveryError>, StoreError>,
+    /// Recipients and subject for the file log (FULL level only).
+    described: String,
+}
+
+/// After a store failure during an attempt, try again this much later.
+const STORE_RETRY: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     millis(SystemTime::now())
@@ -273,8 +287,14 @@ impl Dispatcher {
     /// Runs until `stop` turns true, then waits up to the grace period for
     /// attempts in flight. Unfinished ones stay SENDING in the store and are
     /// recovered at the next start.
+    ///
+    /// Store writes are grouped: the notifications taken in one round are
+    /// claimed (SENDING) in one transaction, and the attempts that ended
+    /// while the finisher was busy are recorded in one transaction.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut attempts = JoinSet::new();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+        let finisher = tokio::spawn(self.clone().finish_loop(done_rx));
         // Purge at least twice per retention window (every minute at most).
         let purge_every =
             (self.config.retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -284,9 +304,10 @@ impl Dispatcher {
             let (work, next) = self
                 .scheduler()
                 .take_ready(now_ms(), self.config.connection_concurrency);
-            for (connection, id) in work {
+            for (connection, claimed) in self.claim(work) {
                 let this = self.clone();
-                attempts.spawn(async move { this.attempt(connection, id).await });
+                let done = done_tx.clone();
+                attempts.spawn(async move { this.attempt(connection, claimed, done).await });
             }
             let sleep = next
                 .map(|due| due.saturating_sub(now_ms()))
@@ -311,8 +332,13 @@ impl Dispatcher {
                     "attempts still running at the end of the grace period; they will be retried at the next start"
                 );
                 attempts.abort_all();
+                while attempts.join_next().await.is_some() {}
             }
         }
+        // Every attempt has ended or was aborted, so every sender is gone
+        // once ours is: the finisher records what was sent, then stops.
+        drop(done_tx);
+        let _ = finisher.await;
     }
 
     fn purge(&self) {
@@ -336,38 +362,52 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(self: Arc<Self>, connection: String, id: NotificationId) {
-        let next = match self.try_attempt(&connection, id).await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(%id, error = %e, "store failure during an attempt; retrying in 5 s");
-                Next::Retry(SystemTime::now() + Duration::from_secs(5))
-            }
-        };
-        {
-            let mut s = self.scheduler();
-            s.finish(&connection);
-            match next {
-                Next::Done => {}
-                Next::Retry(at) => s.push(&connection, millis(at), id),
-                Next::Hold => s.hold(&connection, id),
-            }
+    /// An attempt ended: the notification leaves the scheduler, or comes
+    /// back for a retry, or waits for its connection to be enabled.
+    fn settle(&self, connection: &str, id: NotificationId, next: Next) {
+        let mut s = self.scheduler();
+        s.finish(connection);
+        match next {
+            Next::Done => {}
+            Next::Retry(at) => s.push(connection, millis(at), id),
+            Next::Hold => s.hold(connection, id),
         }
-        self.wake.notify_one();
     }
 
-    async fn try_attempt(&self, name: &str, id: NotificationId) -> Result<Next, StoreError> {
+    /// Claims the work taken from the scheduler: QUEUED/RETRYING become
+    /// SENDING (attempts + 1) in one transaction. Returns what is to be
+    /// sent now; everything else is settled here.
+    fn claim(&self, work: Vec<(String, NotificationId)>) -> Vec<(Connection, Notification)> {
+        if work.is_empty() {
+            return Vec::new();
+        }
         let now = SystemTime::now();
-        let connection = match self.store.get_connection(name) {
-            Ok(v) => Some(v.connection),
-            Err(StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let claimed = self.store.transition(&id, |n| {
-            Ok::<_, ()>(if !matches!(n.state, State::Queued | State::Retrying) {
-                Change::Keep
-            } else {
-                match &connection {
+        let mut connections: std::collections::HashMap<&str, Option<Connection>> =
+            std::collections::HashMap::new();
+        let mut store_failed = None;
+        for (name, _) in &work {
+            if connections.contains_key(name.as_str()) {
+                continue;
+            }
+            let c = match self.store.get_connection(name) {
+                Ok(v) => Some(v.connection),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => {
+                    store_failed = Some(e);
+                    break;
+                }
+            };
+            connections.insert(name, c);
+        }
+        let ids: Vec<NotificationId> = work.iter().map(|(_, id)| *id).collect();
+        let claimed = match store_failed {
+            Some(e) => Err(e),
+            None => self.store.transition_each(&ids, |i, n| {
+                let name = work[i].0.as_str();
+                if !matches!(n.state, State::Queued | State::Retrying) {
+                    return Change::Keep;
+                }
+                match connections.get(name).and_then(Option::as_ref) {
                     None => Change::Write(Notification {
                         state: State::Failed,
                         last_error: format!("connection {name:?} no longer exists"),
@@ -384,138 +424,121 @@ impl Dispatcher {
                         ..n.clone()
                     }),
                 }
-            })
-        })?;
-        let Ok(Some(n)) = claimed else {
-            return Ok(Next::Done);
+            }),
         };
-        match (&connection, n.state) {
-            (Some(c), State::Queued | State::Retrying) if c.disabled => {
-                tracing::debug!(%id, connection = name, "connection disabled; holding");
-                self.logs.event(name, c.log_level, Kind::Step, || {
-                    format!("id={id} waiting: the connection is disabled")
-                });
-                Ok(Next::Hold)
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, count = work.len(), "store failure while claiming notifications; retrying in 5 s");
+                for (name, id) in &work {
+                    self.settle(name, *id, Next::Retry(now + STORE_RETRY));
+                }
+                self.wake.notify_one();
+                return Vec::new();
             }
-            (Some(c), State::Sending) => {
-                self.logs.event(name, c.log_level, Kind::Step, || {
-                    format!("id={id} attempt {} started", n.attempts)
-                });
-                self.publish(&n);
-                let c = c.clone();
-                self.deliver(c, n).await
-            }
-            _ => {
-                self.publish(&n);
-                Ok(Next::Done)
+        };
+        let mut out = Vec::new();
+        let mut settled = false;
+        for ((name, id), n) in work.iter().zip(claimed) {
+            let Some(n) = n else {
+                self.settle(name, *id, Next::Done);
+                settled = true;
+                continue;
+            };
+            match (
+                connections.get(name.as_str()).and_then(Option::as_ref),
+                n.state,
+            ) {
+                (Some(c), State::Queued | State::Retrying) if c.disabled => {
+                    tracing::debug!(%id, connection = %name, "connection disabled; holding");
+                    self.logs.event(name, c.log_level, Kind::Step, || {
+                        format!("id={id} waiting: the connection is disabled")
+                    });
+                    self.settle(name, *id, Next::Hold);
+                    settled = true;
+                }
+                (Some(c), State::Sending) => {
+                    self.logs.event(name, c.log_level, Kind::Step, || {
+                        format!("id={id} attempt {} started", n.attempts)
+                    });
+                    self.publish(&n);
+                    out.push((c.clone(), n));
+                }
+                _ => {
+                    self.publish(&n);
+                    self.settle(name, *id, Next::Done);
+                    settled = true;
+                }
             }
         }
+        if settled {
+            // Slots were freed: the run loop looks again.
+            self.wake.notify_one();
+        }
+        out
     }
 
-    async fn deliver(
-        &self,
+    /// Sends one claimed notification and hands the outcome to the finisher.
+    async fn attempt(
+        self: Arc<Self>,
         connection: Connection,
         claimed: Notification,
-    ) -> Result<Next, StoreError> {
-        let id = claimed.id;
+        done: mpsc::UnboundedSender<Finished>,
+    ) {
         let mut described = String::new();
-        let result = match self.store.get_message(&id)? {
-            None => Err(DeliveryError::permanent(
+        let result = match self.store.get_message(&claimed.id) {
+            Err(e) => Err(e),
+            Ok(None) => Ok(Err(DeliveryError::permanent(
                 "the stored message is missing; it cannot be sent",
-            )),
-            Some(mut message) => {
+            ))),
+            Ok(Some(mut message)) => {
                 if connection.log_level == crate::domain::LogLevel::Full {
                     described = describe(&message);
                 }
                 // The connection's current sender: edits apply to the next attempt.
                 message.from = connection.sender.clone();
                 let backend = self.backends.for_connection(&connection);
-                match tokio::time::timeout(
-                    self.config.attempt_timeout,
-                    backend.send(&connection, &message),
+                Ok(
+                    match tokio::time::timeout(
+                        self.config.attempt_timeout,
+                        backend.send(&connection, &message),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(DeliveryError::transient(format!(
+                            "the attempt did not finish within {:?}",
+                            self.config.attempt_timeout
+                        ))),
+                    },
                 )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(DeliveryError::transient(format!(
-                        "the attempt did not finish within {:?}",
-                        self.config.attempt_timeout
-                    ))),
-                }
             }
         };
-        let now = SystemTime::now();
-        let age = now.duration_since(claimed.create_time).unwrap_or_default();
-        let retry = &self.config.retry;
-        let rejected = |list: &[crate::backend::RejectedRecipient]| -> Vec<Rejected> {
-            list.iter()
-                .map(|r| Rejected {
-                    address: r.address.clone(),
-                    reply: r.reply.clone(),
-                })
-                .collect()
+        let finished = Finished {
+            connection,
+            claimed,
+            result,
+            described,
         };
-        let finished = self.store.transition(&id, |n| {
-            let mut next = Notification {
-                update_time: now,
-                next_attempt_time: None,
-                ..n.clone()
-            };
-            match &result {
-                Ok(d) => {
-                    next.state = State::Delivered;
-                    next.provider_message_id = d.provider_message_id.clone();
-                    next.rejected = rejected(&d.rejected);
-                }
-                Err(_) if n.state != State::Sending => return Ok::<_, ()>(Change::Keep),
-                Err(e) => {
-                    next.rejected = rejected(&e.rejected);
-                    match e.kind {
-                        FailureKind::Permanent => {
-                            next.state = State::Failed;
-                            next.last_error = e.message.clone();
-                        }
-                        FailureKind::Transient if retry.exhausted(n.attempts, age) => {
-                            next.state = State::Failed;
-                            next.last_error = format!(
-                                "gave up after {} attempts over {}: {}",
-                                n.attempts,
-                                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                                e.message
-                            );
-                        }
-                        FailureKind::Transient => {
-                            next.state = State::Retrying;
-                            next.last_error = e.message.clone();
-                            next.next_attempt_time =
-                                Some(now + retry.delay(n.attempts, e.retry_after));
-                        }
-                    }
-                }
-            }
-            Ok(Change::Write(next))
-        })?;
-        let Ok(Some(n)) = finished else {
-            return Ok(Next::Done);
-        };
-        if n.state.is_final() {
-            // The attempt stays in flight (its slot held) until its outcome
-            // is on disk: a crash before this point sends the message again,
-            // after it never. Without the wait, a crash while only
-            // deliveries run (no Send forcing a flush) re-sent everything
-            // delivered since sled's last periodic flush.
-            if let Err(e) = self.store.durable().await {
-                tracing::error!(%id, error = %e, "the outcome of an attempt could not be made durable");
-            }
+        if let Err(mpsc::error::SendError(f)) = done.send(finished) {
+            // No finisher (cannot happen while `run` lives): leave it to
+            // the next start, as an interrupted attempt.
+            self.settle(f.connection.name.as_str(), f.claimed.id, Next::Done);
         }
-        self.publish(&n);
-        self.finished(&n);
-        let name = connection.name.as_str();
-        let level = connection.log_level;
-        let outcome = match (&result, n.state) {
-            (Ok(_), _) => "delivered",
-            (Err(e), _) if e.kind == FailureKind::Transient => "transient",
-            _ => "permanent",
+    }
+
+    /// Attempt, backend-error and latency metrics for one ended attempt.
+    fn observe_attempt(
+        &self,
+        connection: &Connection,
+        n: &Notification,
+        result: &Result<Delivery, DeliveryError>,
+        now: SystemTime,
+    ) {
+        let outcome = match result {
+            Ok(_) => "delivered",
+            Err(e) if e.kind == FailureKind::Transient => "transient",
+            Err(_) => "permanent",
         };
         self.metrics
             .attempts
@@ -524,7 +547,7 @@ impl Dispatcher {
                 outcome: outcome.to_owned(),
             })
             .inc();
-        if let Err(e) = &result {
+        if let Err(e) = result {
             self.metrics
                 .backend_errors
                 .get_or_create(&BackendErrorLabels {
@@ -546,6 +569,11 @@ impl Dispatcher {
                 })
                 .observe(latency.as_secs_f64());
         }
+    }
+
+    /// The connection's file log lines for one ended attempt.
+    fn log_outcome(&self, connection: &Connection, n: &Notification, described: &str) {
+        let (name, level, id) = (connection.name.as_str(), connection.log_level, n.id);
         match n.state {
             State::Delivered => {
                 self.logs.event(name, level, Kind::Step, || {
@@ -575,21 +603,142 @@ impl Dispatcher {
             }),
             _ => {}
         }
-        match n.state {
-            State::Delivered => {
-                tracing::debug!(%id, connection = %n.connection, attempts = n.attempts, "delivered")
+    }
+
+    /// Records ended attempts, as many at once as have queued up.
+    async fn finish_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Finished>) {
+        while let Some(first) = done.recv().await {
+            let mut group = vec![first];
+            while let Ok(f) = done.try_recv() {
+                group.push(f);
             }
-            State::Failed => {
-                tracing::warn!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery failed")
-            }
-            State::Retrying => {
-                tracing::info!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery will be retried")
-            }
-            _ => {}
+            self.finish(group).await;
+            self.wake.notify_one();
         }
-        Ok(match (n.state, n.next_attempt_time) {
-            (State::Retrying, Some(at)) => Next::Retry(at),
-            _ => Next::Done,
-        })
+    }
+
+    /// The final (or retrying) state of each ended attempt, in one
+    /// transaction; then the watchers and the scheduler hear of it.
+    async fn finish(&self, group: Vec<Finished>) {
+        let now = SystemTime::now();
+        let mut sent = Vec::with_capacity(group.len());
+        for f in group {
+            match f.result {
+                Ok(result) => sent.push((f.connection, f.claimed, result, f.described)),
+                Err(e) => {
+                    tracing::error!(id = %f.claimed.id, error = %e, "store failure during an attempt; retrying in 5 s");
+                    self.settle(
+                        f.connection.name.as_str(),
+                        f.claimed.id,
+                        Next::Retry(now + STORE_RETRY),
+                    );
+                }
+            }
+        }
+        let ids: Vec<NotificationId> = sent.iter().map(|(_, c, _, _)| c.id).collect();
+        let retry = &self.config.retry;
+        let rejected = |list: &[crate::backend::RejectedRecipient]| -> Vec<Rejected> {
+            list.iter()
+                .map(|r| Rejected {
+                    address: r.address.clone(),
+                    reply: r.reply.clone(),
+                })
+                .collect()
+        };
+        let written = self.store.transition_each(&ids, |i, n| {
+            let (_, claimed, result, _) = &sent[i];
+            let age = now.duration_since(claimed.create_time).unwrap_or_default();
+            let mut next = Notification {
+                update_time: now,
+                next_attempt_time: None,
+                ..n.clone()
+            };
+            match result {
+                Ok(d) => {
+                    next.state = State::Delivered;
+                    next.provider_message_id = d.provider_message_id.clone();
+                    next.rejected = rejected(&d.rejected);
+                }
+                Err(_) if n.state != State::Sending => return Change::Keep,
+                Err(e) => {
+                    next.rejected = rejected(&e.rejected);
+                    match e.kind {
+                        FailureKind::Permanent => {
+                            next.state = State::Failed;
+                            next.last_error = e.message.clone();
+                        }
+                        FailureKind::Transient if retry.exhausted(n.attempts, age) => {
+                            next.state = State::Failed;
+                            next.last_error = format!(
+                                "gave up after {} attempts over {}: {}",
+                                n.attempts,
+                                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                                e.message
+                            );
+                        }
+                        FailureKind::Transient => {
+                            next.state = State::Retrying;
+                            next.last_error = e.message.clone();
+                            next.next_attempt_time =
+                                Some(now + retry.delay(n.attempts, e.retry_after));
+                        }
+                    }
+                }
+            }
+            Change::Write(next)
+        });
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, count = sent.len(), "store failure recording attempts; retrying in 5 s");
+                for (connection, claimed, _, _) in &sent {
+                    self.settle(
+                        connection.name.as_str(),
+                        claimed.id,
+                        Next::Retry(now + STORE_RETRY),
+                    );
+                }
+                return;
+            }
+        };
+        // The attempts stay in flight (their slots held) until their
+        // outcomes are on disk: a crash before this point sends the messages
+        // again, after it never. Without the wait, a crash while only
+        // deliveries run (no Send forcing a flush) re-sent everything
+        // delivered since sled's last periodic flush.
+        if written.iter().flatten().any(|n| n.state.is_final()) {
+            if let Err(e) = self.store.durable().await {
+                tracing::error!(error = %e, "the outcome of attempts could not be made durable");
+            }
+        }
+        for ((connection, claimed, result, described), n) in sent.iter().zip(written) {
+            let id = claimed.id;
+            let name = connection.name.as_str();
+            let Some(n) = n else {
+                self.settle(name, id, Next::Done);
+                continue;
+            };
+            self.publish(&n);
+            self.finished(&n);
+            self.observe_attempt(connection, &n, result, now);
+            self.log_outcome(connection, &n, described);
+            match n.state {
+                State::Delivered => {
+                    tracing::debug!(%id, connection = %n.connection, attempts = n.attempts, "delivered")
+                }
+                State::Failed => {
+                    tracing::warn!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery failed")
+                }
+                State::Retrying => {
+                    tracing::info!(%id, connection = %n.connection, attempts = n.attempts, error = %n.last_error, "delivery will be retried")
+                }
+                _ => {}
+            }
+            let next = match (n.state, n.next_attempt_time) {
+                (State::Retrying, Some(at)) => Next::Retry(at),
+                _ => Next::Done,
+            };
+            self.settle(name, id, next);
+        }
     }
 }

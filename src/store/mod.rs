@@ -33,6 +33,10 @@ const FORMAT: &[u8] = b"notigate-1";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"notigate master key check";
 const DEFAULT_KEY: &[u8] = b"default_connection";
+/// sled's page cache. Its default (1 GiB) let a large backlog grow the
+/// process by the size of the queued mail; what is hot (new notifications,
+/// the head of the queue, indexes) fits in much less.
+const CACHE_CAPACITY: u64 = 24 * 1024 * 1024;
 /// The key check, also kept outside sled (see [`Store::open`]).
 const KEY_CHECK_FILE: &str = "key.check";
 
@@ -193,6 +197,7 @@ impl Store {
         }
         let db = sled::Config::new()
             .path(&db_path)
+            .cache_capacity(CACHE_CAPACITY)
             .open()
             .map_err(|e| open_error(data_dir, e))?;
         let db_err = |e: sled::Error| OpenError::Database {
@@ -233,7 +238,7 @@ impl Store {
             path: data_dir.to_owned(),
             reason: format!("opening the database file for syncing: {e}"),
         })?;
-        let flusher = Flusher::start(db.clone(), db_file);
+        let flusher = Flusher::start(db.clone(), outbox.clone(), db_file);
         Ok(Opened {
             store: Store {
                 db,

@@ -85,6 +85,37 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
     })
 }
 
+/// One notification's change inside a transaction; the indexes follow the
+/// new state.
+fn transition_in(
+    t: &TransactionalTree,
+    id: &NotificationId,
+    change: impl FnOnce(&Notification) -> Change,
+) -> Result<Option<Notification>, ConflictableTransactionError<StoreError>> {
+    let Some(bytes) = t.get(key(b'n', id))? else {
+        return Ok(None);
+    };
+    let current: Notification =
+        decode("notification", &bytes).map_err(ConflictableTransactionError::Abort)?;
+    let next = match change(&current) {
+        Change::Keep => return Ok(Some(current)),
+        Change::Write(next) => next,
+    };
+    t.insert(&key(b'n', id), encode(&next))?;
+    if next.state != current.state {
+        t.insert(conn_key(&next.connection, id), &[next.state.code()])?;
+    }
+    if next.state.is_final() {
+        t.remove(&key(b'p', id))?;
+        t.remove(&key(b'm', id))?;
+        t.insert(&expiry_key(next.update_time, id), &[])?;
+    } else {
+        let due = next.next_attempt_time.unwrap_or(next.update_time);
+        t.insert(&key(b'p', id), pending_value(due, &next.connection))?;
+    }
+    Ok(Some(next))
+}
+
 /// A pending notification found at start-up.
 pub struct Pending {
     pub id: NotificationId,
@@ -117,22 +148,24 @@ impl Store {
         }
     }
 
-    /// Adds a new notification and its message in one atomic batch. Not yet
-    /// durable: await [`Store::durable`] before acknowledging.
+    /// Adds a new notification and its message, atomically, with the next
+    /// group commit: neither written nor visible until [`Store::durable`]
+    /// returns, which the caller must await before acknowledging.
     pub fn enqueue(&self, n: &Notification, message: &OutgoingMessage) -> Result<(), StoreError> {
         let notification = encode(n);
         let message = encode(message);
         self.check_space((notification.len() + message.len()) as u64)?;
-        let mut batch = sled::Batch::default();
-        batch.insert(&key(b'n', &n.id), notification);
-        batch.insert(&key(b'm', &n.id), message);
         let due = n.next_attempt_time.unwrap_or(n.create_time);
-        batch.insert(&key(b'p', &n.id), pending_value(due, &n.connection));
-        batch.insert(conn_key(&n.connection, &n.id), &[n.state.code()]);
+        let mut writes = vec![
+            (key(b'n', &n.id).to_vec(), notification),
+            (key(b'm', &n.id).to_vec(), message),
+            (key(b'p', &n.id).to_vec(), pending_value(due, &n.connection)),
+            (conn_key(&n.connection, &n.id), vec![n.state.code()]),
+        ];
         if !n.idempotency_key.is_empty() {
-            batch.insert(idem_key(&n.idempotency_key), &n.id.0);
+            writes.push((idem_key(&n.idempotency_key), n.id.0.to_vec()));
         }
-        self.outbox.apply_batch(batch)?;
+        self.flusher.stage(writes);
         Ok(())
     }
 
@@ -163,33 +196,13 @@ impl Store {
     ) -> Result<Result<Option<Notification>, E>, StoreError> {
         let refused = std::cell::RefCell::new(None);
         let result = self.outbox.transaction(|t: &TransactionalTree| {
-            let Some(bytes) = t.get(key(b'n', id))? else {
-                return Ok(None);
-            };
-            let current: Notification =
-                decode("notification", &bytes).map_err(ConflictableTransactionError::Abort)?;
-            match change(&current) {
+            transition_in(t, id, |current| match change(current) {
+                Ok(c) => c,
                 Err(e) => {
                     *refused.borrow_mut() = Some(e);
-                    Ok(Some(current))
+                    Change::Keep
                 }
-                Ok(Change::Keep) => Ok(Some(current)),
-                Ok(Change::Write(next)) => {
-                    t.insert(&key(b'n', id), encode(&next))?;
-                    if next.state != current.state {
-                        t.insert(conn_key(&next.connection, id), &[next.state.code()])?;
-                    }
-                    if next.state.is_final() {
-                        t.remove(&key(b'p', id))?;
-                        t.remove(&key(b'm', id))?;
-                        t.insert(&expiry_key(next.update_time, id), &[])?;
-                    } else {
-                        let due = next.next_attempt_time.unwrap_or(next.update_time);
-                        t.insert(&key(b'p', id), pending_value(due, &next.connection))?;
-                    }
-                    Ok(Some(next))
-                }
-            }
+            })
         });
         let result = match result {
             Ok(r) => r,
@@ -199,6 +212,32 @@ impl Store {
         match refused.into_inner() {
             Some(e) => Ok(Err(e)),
             None => Ok(Ok(result)),
+        }
+    }
+
+    /// Changes several notifications in one atomic transaction, each as
+    /// [`Store::transition`] would: `change` gets the position in `ids` and
+    /// the current version. One transaction instead of one per notification
+    /// matters: each sled transaction seals and writes sled's I/O buffer.
+    pub fn transition_each(
+        &self,
+        ids: &[NotificationId],
+        change: impl Fn(usize, &Notification) -> Change,
+    ) -> Result<Vec<Option<Notification>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = self.outbox.transaction(|t: &TransactionalTree| {
+            let mut out = Vec::with_capacity(ids.len());
+            for (i, id) in ids.iter().enumerate() {
+                out.push(transition_in(t, id, |current| change(i, current))?);
+            }
+            Ok(out)
+        });
+        match result {
+            Ok(r) => Ok(r),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }
 

@@ -488,6 +488,9 @@ async fn connect(
         },
     )
     .await?;
+    // Commands and the message go out in several small writes; with Nagle's
+    // algorithm each waits for the server's delayed ACK (40 ms on Linux).
+    let _ = tcp.set_nodelay(true);
     step(
         budget.deadline(),
         Stage::Connect,
