@@ -706,10 +706,10 @@ impl Dispatcher {
         // again, after it never. Without the wait, a crash while only
         // deliveries run (no Send forcing a flush) re-sent everything
         // delivered since sled's last periodic flush.
-        if written.iter().flatten().any(|n| n.state.is_final()) {
-            if let Err(e) = self.store.durable().await {
-                tracing::error!(error = %e, "the outcome of attempts could not be made durable");
-            }
+        if written.iter().flatten().any(|n| n.state.is_final())
+            && let Err(e) = self.store.durable().await
+        {
+            tracing::error!(error = %e, "the outcome of attempts could not be made durable");
         }
         for ((connection, claimed, result, described), n) in sent.iter().zip(written) {
             let id = claimed.id;
