@@ -693,6 +693,19 @@ async fn channels(url: &str, n: usize) -> Result<Vec<Channel>> {
 
 async fn create_connection(channel: Channel, sink_port: u16) -> Result<()> {
     let mut admin = ConnectionAdminClient::new(channel);
+    // A targeted server may keep the connection of an earlier run (with
+    // another sink port, perhaps mail queued for it): start over.
+    if let Err(e) = admin
+        .delete_connection(pb::DeleteConnectionRequest {
+            name: "bench".into(),
+            etag: String::new(),
+            force: true,
+        })
+        .await
+        && e.code() != tonic::Code::NotFound
+    {
+        bail!("DeleteConnection bench: {e}");
+    }
     admin
         .create_connection(pb::CreateConnectionRequest {
             connection: Some(pb::Connection {
