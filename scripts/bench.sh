@@ -19,6 +19,9 @@ if ! command -v postfix >/dev/null || ! command -v smtp-source >/dev/null; then
   fi
   echo "==> installing postfix (the system instance is not started or used)" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # No system mail configuration: the package then neither configures nor
+  # starts a system instance; the bench runs its own on loopback.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq postfix >/dev/null
 fi

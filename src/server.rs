@@ -70,6 +70,21 @@ fn tls_config(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
     Ok(tls)
 }
 
+/// Accepted connections with `TCP_NODELAY`: tonic sets it only on
+/// listeners it binds itself, and with Nagle's algorithm a response written
+/// in more than one piece waits for the client's delayed ACK (40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
+}
+
 /// Runs the gateway until `shutdown` completes, then drains: health turns
 /// NOT_SERVING, no new calls are accepted, calls and deliveries in flight
 /// get to finish (deliveries within the grace period), the store is flushed.
@@ -185,7 +200,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(notifier)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight calls");
             for service in SERVICES {

@@ -693,6 +693,19 @@ async fn channels(url: &str, n: usize) -> Result<Vec<Channel>> {
 
 async fn create_connection(channel: Channel, sink_port: u16) -> Result<()> {
     let mut admin = ConnectionAdminClient::new(channel);
+    // A targeted server may keep the connection of an earlier run (with
+    // another sink port, perhaps mail queued for it): start over.
+    if let Err(e) = admin
+        .delete_connection(pb::DeleteConnectionRequest {
+            name: "bench".into(),
+            etag: String::new(),
+            force: true,
+        })
+        .await
+        && e.code() != tonic::Code::NotFound
+    {
+        bail!("DeleteConnection bench: {e}");
+    }
     admin
         .create_connection(pb::CreateConnectionRequest {
             connection: Some(pb::Connection {
@@ -1133,6 +1146,7 @@ async fn notigate_run(args: &Args, workload: &Arc<Workload>) -> Result<Row> {
     let chans = channels(&url, args.channels).await?;
     create_connection(chans[0].clone(), sink.port).await?;
     let sampler = server.as_ref().map(|s| RssSampler::start(s.pid()));
+    let own_cpu_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
     log_progress(&format!(
         "notigate: {} messages, {}",
         args.messages,
@@ -1160,20 +1174,23 @@ async fn notigate_run(args: &Args, workload: &Arc<Workload>) -> Result<Row> {
         .and_then(|s| proc_status_kb(s.pid(), "VmHWM:"))
         .unwrap_or(0)
         .max(sampler.as_ref().map_or(0, |s| s.peak_kb()));
+    let own_cpu = cpu_seconds(std::process::id()).map(|c| c - own_cpu_before);
     let mut r = row("notigate", &load, &sink, delivered, peak);
     let per_msg = |v: Option<f64>, scale: f64| {
-        v.map(|v| format!("{:.1}", v * scale / load.ok.max(1) as f64))
+        v.map(|v| format!("{:.2}", v * scale / load.ok.max(1) as f64))
             .unwrap_or_else(|| "?".into())
     };
     let pid = server.as_ref().map(Server::pid);
     r.note = format!(
-        "{}{}connection concurrency {}, {} SMTP sessions; server CPU {} ms/msg, wrote {} KB/msg",
+        "{}{}connection concurrency {}, {} SMTP sessions; server CPU {} ms/msg, wrote {} KB/msg; \
+         bench client + sink CPU {} ms/msg",
         r.note,
         if r.note.is_empty() { "" } else { "; " },
         args.connection_concurrency,
         sink.stats.sessions.load(Ordering::Relaxed),
         per_msg(pid.and_then(cpu_seconds), 1000.0),
         per_msg(pid.and_then(write_bytes).map(|b| b as f64), 1.0 / 1024.0),
+        per_msg(own_cpu, 1000.0),
     );
     drop(sampler);
     if let Some(s) = server {

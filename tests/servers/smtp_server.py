@@ -197,6 +197,7 @@ class Handler:
         self._data_count = 0
         self.reject_all_data = args.reject_all_data
         self.advertise_auth = bool(args.auth)
+        self.pipelining = args.pipelining
         self._cram_counter = itertools.count(1)
 
     # -- credentials -------------------------------------------------------
@@ -290,6 +291,10 @@ class Handler:
         # even an empty one when every mechanism is excluded; drop it then.
         if not self.advertise_auth:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        if self.pipelining:
+            # aiosmtpd reads commands one line at a time, so pipelined
+            # groups work; it just does not say so.
+            responses = [responses[0], "250-PIPELINING"] + responses[1:]
         # Supplying this hook means aiosmtpd no longer records the name.
         session.host_name = hostname
         return responses
@@ -398,6 +403,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="the first N messages: no reply after the content until the client closes")
     p.add_argument("--greeting-421", action="store_true", help="greet every connection with 421 and close it")
     p.add_argument("--reject-all-data", action="store_true", help="DATA gets 554 5.7.1")
+    p.add_argument("--pipelining", action="store_true", help="advertise PIPELINING (RFC 2920)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-v info, -vv debug)")
     args = p.parse_args(argv)
 

@@ -261,6 +261,59 @@ async fn every_recipient_refused_is_permanent() {
 }
 
 #[tokio::test]
+async fn pipelined_transactions_report_each_recipient_and_reuse_the_session() {
+    let server = SmtpServer::start(&["--pipelining", "--fail-rcpt", "nobody@example.com"]);
+    let connection = connection(settings(server.port, SmtpTls::None, SmtpAuth::None));
+    let backend = SmtpBackend::new();
+    for _ in 0..2 {
+        let delivery = backend
+            .send(
+                &connection,
+                &message(&connection, &["bob@example.com", "nobody@example.com"]),
+            )
+            .await
+            .expect("delivered to bob");
+        assert_eq!(delivery.rejected.len(), 1);
+        assert_eq!(delivery.rejected[0].address, "nobody@example.com");
+        assert_eq!(delivery.provider_message_id, "250 2.0.0 OK: queued");
+    }
+    let spool = server.spool();
+    assert_eq!(spool.len(), 2);
+    assert_eq!(spool[0]["rcpt_tos"], serde_json::json!(["bob@example.com"]));
+    assert_eq!(spool[0]["peer"], spool[1]["peer"], "one session for both");
+}
+
+#[tokio::test]
+async fn pipelined_every_recipient_refused_is_permanent_and_nothing_is_sent() {
+    let server = SmtpServer::start(&[
+        "--pipelining",
+        "--fail-rcpt",
+        "a@example.com",
+        "--fail-rcpt",
+        "b@example.com",
+    ]);
+    let connection = connection(settings(server.port, SmtpTls::None, SmtpAuth::None));
+    let backend = SmtpBackend::new();
+    let err = backend
+        .send(
+            &connection,
+            &message(&connection, &["a@example.com", "b@example.com"]),
+        )
+        .await
+        .expect_err("nobody accepted");
+    assert_eq!(err.kind, FailureKind::Permanent);
+    assert_eq!(err.rejected.len(), 2);
+    assert!(server.spool().is_empty());
+    // The next message gets a clean session.
+    let delivery = backend
+        .send(&connection, &message(&connection, &["c@example.com"]))
+        .await
+        .expect("delivered");
+    assert!(delivery.rejected.is_empty());
+    assert_eq!(server.spool().len(), 1);
+}
+
+#[tokio::test]
 async fn a_connection_lost_in_data_is_transient_and_a_new_session_delivers() {
     let server = SmtpServer::start(&["--disconnect-in-data-first", "1"]);
     let connection = connection(settings(server.port, SmtpTls::None, SmtpAuth::None));

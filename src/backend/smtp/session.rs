@@ -182,22 +182,34 @@ impl Session {
     ) -> Result<Delivery, Failure> {
         let envelope = &message.envelope;
         let parameters = self.mail_parameters(message)?;
+        // RFC 2920: MAIL, every RCPT and DATA go out in one write and the
+        // replies are read in order, one round trip instead of 2 + RCPTs.
+        let pipelining = self.supports("PIPELINING");
         let conn = &mut self.conn;
+        let mail = Mail::new(Some(envelope.from.clone()), parameters);
+        let first = if pipelining {
+            let mut group = mail.to_string();
+            for recipient in &envelope.recipients {
+                group.push_str(&Rcpt::new(recipient.clone(), Vec::new()).to_string());
+            }
+            group.push_str(&Data.to_string());
+            group
+        } else {
+            mail.to_string()
+        };
 
         step(
             budget.deadline(),
             Stage::Sender,
             "the MAIL FROM reply",
             async {
-                conn.command(Mail::new(Some(envelope.from.clone()), parameters))
-                    .await
-                    .map_err(|e| {
-                        Failure::from_smtp(
-                            Stage::Sender,
-                            &format!("sender <{}> refused", envelope.from),
-                            &e,
-                        )
-                    })
+                conn.command(first).await.map_err(|e| {
+                    Failure::from_smtp(
+                        Stage::Sender,
+                        &format!("sender <{}> refused", envelope.from),
+                        &e,
+                    )
+                })
             },
         )
         .await?;
@@ -209,7 +221,13 @@ impl Session {
                 budget.deadline(),
                 Stage::Recipients,
                 "the RCPT TO reply",
-                async { Ok(conn.command(Rcpt::new(recipient.clone(), Vec::new())).await) },
+                async {
+                    Ok(if pipelining {
+                        conn.read_response().await
+                    } else {
+                        conn.command(Rcpt::new(recipient.clone(), Vec::new())).await
+                    })
+                },
             )
             .await?;
             match reply {
@@ -235,6 +253,9 @@ impl Session {
                 },
             }
         }
+        // Pipelined, the DATA reply is then still unread: a refusal (503
+        // or 554, no valid recipients) as RFC 2920 wants. The caller never
+        // reuses a session after a failure.
         if rejected.len() == envelope.recipients.len() {
             let summary = rejected
                 .iter()
@@ -258,7 +279,12 @@ impl Session {
 
         let data_rejected = rejected.clone();
         step(budget.deadline(), Stage::Data, "the DATA reply", async {
-            conn.command(Data).await.map_err(|e| {
+            let reply = if pipelining {
+                conn.read_response().await
+            } else {
+                conn.command(Data).await
+            };
+            reply.map_err(|e| {
                 Failure::from_smtp(Stage::Data, "DATA refused", &e).with_rejected(data_rejected)
             })
         })
