@@ -36,7 +36,7 @@ const DEFAULT_KEY: &[u8] = b"default_connection";
 /// sled's page cache. Its default (1 GiB) let a large backlog grow the
 /// process by the size of the queued mail; what is hot (new notifications,
 /// the head of the queue, indexes) fits in much less.
-const CACHE_CAPACITY: u64 = 24 * 1024 * 1024;
+const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 /// The key check, also kept outside sled (see [`Store::open`]).
 const KEY_CHECK_FILE: &str = "key.check";
 
